@@ -1,0 +1,119 @@
+"""PolicyRequest: one policy request with typed attributes and derived fields.
+
+Normalisation follows iRedAPD exactly: ``sender``, ``recipient``,
+``sasl_username`` and ``reverse_client_name`` are lower-cased; every other value
+is kept as received.  Derived fields are computed once, here:
+
+* ``<name>_domain`` for sender, recipient and sasl_username: the text after the
+  first ``@``, or the whole value when there is none (``john`` gives ``john``);
+* ``sender_without_ext`` / ``recipient_without_ext``: the address without its
+  extension, by ``RECIPIENT_DELIMITERS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
+from typing import Final
+
+from iredapd.addr import domain_of, is_email, strip_extension
+from iredapd.protocol import RawRequest
+
+__all__ = ["ADDRESS_ATTRIBUTES", "PolicyRequest"]
+
+# Attributes checked as e-mail addresses, in the order Postfix sends them.
+ADDRESS_ATTRIBUTES: Final = ("sender", "recipient", "sasl_username")
+_LOWERCASED: Final = frozenset({"sender", "recipient", "sasl_username", "reverse_client_name"})
+_EMPTY: Final[Mapping[str, str]] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRequest:
+    """A normalised policy request.  Absent attributes are empty strings."""
+
+    request: str = ""
+    protocol_state: str = ""
+    protocol_name: str = ""
+    helo_name: str = ""
+    queue_id: str = ""
+    sender: str = ""
+    recipient: str = ""
+    recipient_count: str = ""
+    client_address: str = ""
+    client_name: str = ""
+    reverse_client_name: str = ""
+    instance: str = ""
+    sasl_method: str = ""
+    sasl_username: str = ""
+    sasl_sender: str = ""
+    size: str = ""
+    ccert_subject: str = ""
+    ccert_issuer: str = ""
+    ccert_fingerprint: str = ""
+    encryption_protocol: str = ""
+    encryption_cipher: str = ""
+    encryption_keysize: str = ""
+    etrn_domain: str = ""
+    stress: str = ""
+    ccert_pubkey_fingerprint: str = ""
+    client_port: str = ""
+    policy_context: str = ""
+    server_address: str = ""
+    server_port: str = ""
+    compatibility_level: str = ""
+    mail_version: str = ""
+    tls_sni: str = ""
+    # derived
+    sender_domain: str = ""
+    sender_without_ext: str = ""
+    recipient_domain: str = ""
+    recipient_without_ext: str = ""
+    sasl_username_domain: str = ""
+    #: upper-cased protocol_state, what plugins are filtered by
+    state: str = ""
+    #: attributes this daemon does not know, kept aside (never used by plugins)
+    unknown: Mapping[str, str] = field(default=_EMPTY, compare=False)
+
+    @classmethod
+    def from_attributes(
+        cls,
+        attributes: Mapping[str, str],
+        *,
+        delimiters: Sequence[str] = ("+",),
+        unknown: Mapping[str, str] | None = None,
+    ) -> PolicyRequest:
+        """Normalise raw ``name -> value`` pairs (known names only) into a request."""
+        values = {k: (v.lower() if k in _LOWERCASED else v) for k, v in attributes.items()}
+        sender = values.get("sender", "")
+        recipient = values.get("recipient", "")
+        sasl = values.get("sasl_username", "")
+        values["sender_domain"] = domain_of(sender)
+        values["sender_without_ext"] = strip_extension(sender, delimiters)
+        values["recipient_domain"] = domain_of(recipient)
+        values["recipient_without_ext"] = strip_extension(recipient, delimiters)
+        values["sasl_username_domain"] = domain_of(sasl)
+        values["state"] = values.get("protocol_state", "").upper()
+        return cls(**values, unknown=MappingProxyType(dict(unknown)) if unknown else _EMPTY)
+
+    @classmethod
+    def from_raw(cls, raw: RawRequest, *, delimiters: Sequence[str] = ("+",)) -> PolicyRequest:
+        """Build from what the protocol parser read."""
+        return cls.from_attributes(raw.attributes, delimiters=delimiters, unknown=raw.unknown)
+
+    def invalid_address(self) -> tuple[str, str] | None:
+        """The first of sender/recipient/sasl_username that is set but not an address."""
+        for name in ADDRESS_ATTRIBUTES:
+            value: str = getattr(self, name)
+            if value and not is_email(value):
+                return name, value
+        return None
+
+    @property
+    def authenticated(self) -> bool:
+        """True when the client logged in with SMTP AUTH."""
+        return bool(self.sasl_username)
+
+    def as_dict(self) -> dict[str, str]:
+        """Every attribute and derived field (iRedAPD's ``smtp_session_data``)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "unknown"}

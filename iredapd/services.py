@@ -1,0 +1,87 @@
+"""Services: what the daemon shares with every plugin (pool, clock, databases).
+
+Created once per settings generation (startup and each reload) and closed when
+that generation's last request is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import logging
+import socket
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from iredapd.config import Settings
+from iredapd.storage.db import Database, open_database
+
+__all__ = ["Services"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Services:
+    """Shared resources.  Attributes that a backend does not provide are None."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.time,
+        executor: ThreadPoolExecutor | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.hostname = (settings.SERVER_HOSTNAME or socket.gethostname()).lower()
+        self._own_executor = executor is None
+        self.executor = executor or ThreadPoolExecutor(
+            max_workers=max(1, settings.THREAD_POOL_SIZE), thread_name_prefix="iredapd-io"
+        )
+        #: iRedAPD's own database (throttle, greylisting, smtp_sessions, ...)
+        self.iredapd_db: Database | None = None
+        #: amavisd's database (white/blacklists)
+        self.amavisd_db: Database | None = None
+        #: the account backend (vmail SQL database or LDAP)
+        self.vmail: Any = None
+        #: the DNS resolver
+        self.resolver: Any = None
+
+    def provides(self, requirement: str) -> bool:
+        """True if the service a plugin ``requires`` is available."""
+        return {
+            "iredapd": self.iredapd_db is not None,
+            "amavisd": self.amavisd_db is not None,
+            "vmail": self.vmail is not None,
+            "dns": self.resolver is not None,
+        }.get(requirement, False)
+
+    async def run_blocking(self, func: Callable[..., T], *args: Any) -> T:
+        """Run ``func(*args)`` in the bounded thread pool, keeping contextvars."""
+        loop = asyncio.get_running_loop()
+        ctx = contextvars.copy_context()
+        call = functools.partial(ctx.run, func, *args)
+        return await loop.run_in_executor(self.executor, call)
+
+    def open_databases(self, *, create_schema: bool = True) -> None:
+        """Open the iredapd database (and create or upgrade its tables)."""
+        self.iredapd_db = open_database("iredapd", self.settings, self.run_blocking)
+        if create_schema:
+            self.iredapd_db.create_schema()
+
+    async def close(self) -> None:
+        """Release pools and threads."""
+        for db in (self.iredapd_db, self.amavisd_db):
+            if db is not None:
+                db.dispose()
+        closer = getattr(self.vmail, "close", None)
+        if closer is not None:
+            result = closer()
+            if asyncio.iscoroutine(result):
+                await result
+        if self._own_executor:
+            self.executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,1 @@
+"""The iredapd and amavisd databases: schema, engines, and one module per feature."""
