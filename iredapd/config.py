@@ -176,7 +176,9 @@ class Settings:
         "DUNNO", "action when a plugin fails or runs late (e.g. 'DEFER_IF_PERMIT ...')", ours=True
     )
     PLUGIN_FAILURE_ACTIONS: Mapping[str, str] = _s({}, "per-plugin failure actions", ours=True)
-    REQUEST_TIMEOUT: Seconds = _s(10.0, "deadline of the whole chain for one request (s)", ours=True)
+    REQUEST_TIMEOUT: Seconds = _s(
+        10.0, "deadline of the whole chain for one request (s)", ours=True
+    )
     IDLE_TIMEOUT: Seconds = _s(
         330.0, "close a connection idle this long (Postfix max_idle is 300 s)", ours=True
     )
@@ -362,7 +364,9 @@ def _defaults_namespace() -> dict[str, Any]:
     """Fresh, mutable copies of every default (lists and dicts, as iRedAPD has them)."""
     ns: dict[str, Any] = {}
     for name, f in _FIELDS.items():
-        value = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+        value = f.default
+        if value is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
         if isinstance(value, tuple):
             value = list(value)
         elif isinstance(value, Mapping):
@@ -382,8 +386,8 @@ def _make_import(ns: dict[str, Any]) -> Any:
 
     def _import(
         name: str,
-        globals: Mapping[str, object] | None = None,  # noqa: A002 - __import__'s signature
-        locals: Mapping[str, object] | None = None,  # noqa: A002
+        globals: Mapping[str, object] | None = None,
+        locals: Mapping[str, object] | None = None,
         fromlist: Sequence[str] = (),
         level: int = 0,
     ) -> Any:
@@ -420,7 +424,7 @@ def read_settings_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     glb.update(ns)
     try:
         exec(code, glb)  # noqa: S102 - a settings file is Python by design (iRedAPD's format)
-    except Exception as e:  # a settings file may raise anything; report it in one line
+    except Exception as e:  # noqa: BLE001 - a settings file may raise anything; one line
         tb = e.__traceback__
         line = None
         while tb is not None:
@@ -524,11 +528,10 @@ def _check(name: str, hint: Any, value: Any) -> Any:
             if not isinstance(k, str):
                 raise ConfigError(f"setting {name} must have string keys, found {k!r}")
             if vtype is float and isinstance(v, int | float) and not isinstance(v, bool):
-                v = float(v)
-            elif not isinstance(v, vtype) or isinstance(v, bool):
-                raise ConfigError(
-                    f"setting {name}[{k!r}] must be a {vtype.__name__}, not {v!r}"
-                )
+                result[k] = float(v)
+                continue
+            if not isinstance(v, vtype) or isinstance(v, bool):
+                raise ConfigError(f"setting {name}[{k!r}] must be a {vtype.__name__}, not {v!r}")
             result[k] = v
         return types.MappingProxyType(result)
     else:  # pragma: no cover - every field has one of the kinds above
@@ -596,7 +599,8 @@ def build_settings(
     core: dict[str, Any] = {}
     extras: dict[str, Any] = dict(plugin_settings)
     known = set(_FIELD_NAMES) | set(plugin_settings)
-    for name, value in merged.items():
+    for raw_name, value in merged.items():
+        name = raw_name
         if name.startswith("_") or not isinstance(value, _DATA_TYPES):
             continue  # helpers, imports, functions: not settings
         if name in LEGACY_RETIRED:
@@ -665,7 +669,9 @@ def load_settings(
 def non_default(settings: Settings) -> dict[str, Any]:
     """The settings whose value differs from the default (``postconf -n``)."""
     base = default_settings()
-    out = {n: getattr(settings, n) for n in _FIELD_NAMES if getattr(settings, n) != getattr(base, n)}
+    out = {
+        n: getattr(settings, n) for n in _FIELD_NAMES if getattr(settings, n) != getattr(base, n)
+    }
     out.update(settings.extras)
     return out
 

@@ -73,7 +73,7 @@ class PolicyRequest:
     #: upper-cased protocol_state, what plugins are filtered by
     state: str = ""
     #: attributes this daemon does not know, kept aside (never used by plugins)
-    unknown: Mapping[str, str] = field(default=_EMPTY, compare=False)
+    unknown: Mapping[str, str] = field(default_factory=lambda: _EMPTY, compare=False)
 
     @classmethod
     def from_attributes(

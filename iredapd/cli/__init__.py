@@ -1,0 +1,1 @@
+"""Command-line programs: small main(argv) -> int functions over the library."""

@@ -1,0 +1,101 @@
+"""``iredapd``: the policy daemon (foreground; run it under a supervisor).
+
+Exit status: 0 after a clean stop (SIGTERM/SIGINT), 2 for bad arguments,
+78 for bad settings or plugins, 69 when a database is unreachable at start,
+71 when the listening socket cannot be bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pprint import pformat
+
+from iredapd import __version__
+from iredapd.app import Daemon, load_all
+from iredapd.chain import PluginLoadError
+from iredapd.cli.common import (
+    EX_CONFIG,
+    EX_OK,
+    add_config_arguments,
+    fail,
+    overrides_from,
+)
+from iredapd.config import ConfigError, all_values, describe, non_default
+
+__all__ = ["main"]
+
+PROG = "iredapd"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="Postfix policy server (iRedAPD successor)")
+    add_config_arguments(p)
+    p.add_argument(
+        "--foreground",
+        action="store_true",
+        help="log to stderr (the daemon always runs in the foreground)",
+    )
+    p.add_argument(
+        "--check-config", action="store_true", help="validate settings and plugins, then exit"
+    )
+    p.add_argument(
+        "--show-config", action="store_true", help="print every setting with its value, then exit"
+    )
+    p.add_argument(
+        "--non-default",
+        action="store_true",
+        help="with --show-config: only settings that differ from the default (postconf -n)",
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return p
+
+
+def _show(settings_values: dict[str, object], verbose: bool) -> None:
+    for name in sorted(settings_values, key=str.lower):
+        value = settings_values[name]
+        if isinstance(value, tuple):
+            value = list(value)
+        elif hasattr(value, "items") and not isinstance(value, dict):
+            value = dict(value.items())
+        text = pformat(value, width=88, sort_dicts=True)
+        doc = describe(name)
+        line = f"{name} = {text}"
+        if verbose and doc:
+            line += f"  # {doc}"
+        print(line)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``iredapd`` console script."""
+    args = _parser().parse_args(argv)
+    if args.non_default and not args.show_config:
+        return fail(PROG, "--non-default needs --show-config", 2)
+    try:
+        overrides = overrides_from(args)
+        loaded = load_all(args.config, overrides)
+    except (ConfigError, PluginLoadError) as e:
+        return fail(PROG, str(e), EX_CONFIG)
+    settings = loaded.settings
+    if args.check_config:
+        where = str(loaded.path) if loaded.path else "built-in defaults (no settings file found)"
+        print(f"{PROG}: settings OK: {where}")
+        print(f"{PROG}: plugins: {', '.join(settings.plugins) or 'none'}")
+        return EX_OK
+    if args.show_config:
+        values = non_default(settings) if args.non_default else all_values(settings)
+        _show(values, verbose=not args.non_default)
+        return EX_OK
+    daemon = Daemon(loaded, config=args.config, overrides=overrides, foreground=args.foreground)
+    try:
+        return asyncio.run(daemon.run())
+    except ConfigError as e:
+        return fail(PROG, str(e), EX_CONFIG)
+    except KeyboardInterrupt:
+        return EX_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

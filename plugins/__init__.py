@@ -1,0 +1,1 @@
+"""Built-in plugins.  Loaded by file path, never imported as a package."""

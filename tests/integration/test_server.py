@@ -1,0 +1,220 @@
+"""The daemon's listener on 127.0.0.1 port 0: framing, pipelining, limits, concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TIMEOUT_SCALE
+from tests.support.daemon import PolicyClient, running_server
+from tests.support.plugins import write_plugin
+from tests.support.requests import RCPT_AUTH, encode
+
+pytestmark = pytest.mark.integration
+
+
+def echo_plugin(directory: Path) -> None:
+    """REJECT <sender>, so every reply says which request it answers."""
+    write_plugin(
+        directory,
+        "custom_echo",
+        """
+        class P(Plugin):
+            states = frozenset({"RCPT", "END-OF-MESSAGE"})
+            async def check(self, ctx):
+                if ctx.request.sender.startswith("block@"):
+                    await ctx.run_blocking(time.sleep, 2.0)
+                if ctx.request.sender.startswith("slow@"):
+                    await asyncio.sleep(0.3)
+                return "REJECT " + (ctx.request.sender or "null")
+        """,
+    )
+
+
+def rcpt(sender: str) -> dict[str, str]:
+    return {"request": "smtpd_access_policy", "protocol_state": "RCPT", "sender": sender}
+
+
+async def test_several_requests_per_connection(tmp_path: Path) -> None:
+    echo_plugin(tmp_path)
+    async with running_server(PLUGIN_DIRS=[str(tmp_path)], plugins=["custom_echo"]) as srv:
+        c = await PolicyClient.connect(srv.host, srv.port)
+        for i in range(20):
+            assert await c.ask(rcpt(f"u{i}@example.com")) == f"REJECT u{i}@example.com"
+        await c.close()
+        assert srv.handler.requests == 20
+
+
+async def test_pipelined_requests_are_answered_in_order(tmp_path: Path) -> None:
+    echo_plugin(tmp_path)
+    async with running_server(PLUGIN_DIRS=[str(tmp_path)], plugins=["custom_echo"]) as srv:
+        c = await PolicyClient.connect(srv.host, srv.port)
+        senders = ["slow@example.com", *(f"p{i}@example.com" for i in range(30))]
+        await c.send(b"".join(encode(rcpt(s)) for s in senders))
+        replies = [await c.reply() for _ in senders]
+        assert replies == [f"REJECT {s}" for s in senders]
+        await c.close()
+
+
+async def test_reference_request_gets_the_default_chain_answer() -> None:
+    async with running_server() as srv:
+        c = await PolicyClient.connect(srv.host, srv.port)
+        assert await c.ask(RCPT_AUTH) == "DUNNO"
+        null_sender = dict(RCPT_AUTH, sender="")
+        assert await c.ask(null_sender) == "REJECT Policy rejection due to null sender"
+        await c.close()
+
+
+async def test_invalid_address_gets_exactly_one_reply(tmp_path: Path) -> None:
+    echo_plugin(tmp_path)
+    async with running_server(PLUGIN_DIRS=[str(tmp_path)], plugins=["custom_echo"]) as srv:
+        c = await PolicyClient.connect(srv.host, srv.port)
+        assert await c.ask(rcpt("not an address")) == (
+            "DUNNO Error: Invalid sender address: not an address"
+        )
+        bad_rcpt = dict(rcpt("ok@example.com"), recipient="nobody")
+        assert await c.ask(bad_rcpt) == "DUNNO Error: Invalid recipient address: nobody"
+        # the next request gets its own answer: no desynchronisation
+        assert await c.ask(rcpt("next@example.com")) == "REJECT next@example.com"
+        await c.close()
+
+
+async def test_empty_request_gets_dunno() -> None:
+    async with running_server() as srv:
+        c = await PolicyClient.connect(srv.host, srv.port)
+        await c.send(b"\n")
+        assert await c.reply() == "DUNNO"
+        await c.close()
+
+
+async def test_oversized_line_closes_without_reply() -> None:
+    async with running_server() as srv:
+        c = await PolicyClient.connect(srv.host, srv.port)
+        c.writer.write(b"sender=" + b"a" * (1 << 20) + b"\n\n")
+        assert await c.closed_by_server()
+        # the server keeps serving everybody else
+        d = await PolicyClient.connect(srv.host, srv.port)
+        assert await d.ask(rcpt("a@example.com")) == "DUNNO"
+        await d.close()
+
+
+async def test_too_many_attributes_closes_without_reply() -> None:
+    async with running_server() as srv:
+        c = await PolicyClient.connect(srv.host, srv.port)
+        c.writer.write(b"".join(b"x%d=1\n" % i for i in range(100_000)) + b"\n")
+        assert await c.closed_by_server()
+
+
+async def test_idle_client_is_disconnected() -> None:
+    async with running_server(IDLE_TIMEOUT=0.3) as srv:
+        c = await PolicyClient.connect(srv.host, srv.port)
+        t0 = time.monotonic()
+        assert await c.closed_by_server(timeout=5)
+        assert 0.25 <= time.monotonic() - t0 < 3 * TIMEOUT_SCALE
+        assert not srv.server.connections
+
+
+async def test_idle_timer_restarts_with_each_request() -> None:
+    async with running_server(IDLE_TIMEOUT=0.5) as srv:
+        c = await PolicyClient.connect(srv.host, srv.port)
+        for _ in range(4):
+            await asyncio.sleep(0.3)
+            assert await c.ask(rcpt("a@example.com")) == "DUNNO"
+        assert await c.closed_by_server(timeout=5)
+
+
+async def test_client_that_leaves_mid_request(tmp_path: Path) -> None:
+    echo_plugin(tmp_path)
+    async with running_server(PLUGIN_DIRS=[str(tmp_path)], plugins=["custom_echo"]) as srv:
+        c = await PolicyClient.connect(srv.host, srv.port)
+        await c.send(b"protocol_state=RCPT\nsender=half")
+        await c.close()
+        for _ in range(100):
+            if not srv.server.connections:
+                break
+            await asyncio.sleep(0.01)
+        assert not srv.server.connections
+        assert srv.handler.requests == 0
+        d = await PolicyClient.connect(srv.host, srv.port)
+        assert await d.ask(rcpt("b@example.com")) == "REJECT b@example.com"
+        await d.close()
+
+
+async def test_client_that_leaves_before_its_answer(tmp_path: Path) -> None:
+    echo_plugin(tmp_path)
+    async with running_server(PLUGIN_DIRS=[str(tmp_path)], plugins=["custom_echo"]) as srv:
+        c = await PolicyClient.connect(srv.host, srv.port)
+        await c.send(encode(rcpt("slow@example.com")))
+        await c.close()
+        await asyncio.sleep(0.5)
+        assert srv.handler.requests == 1
+        assert not srv.server.connections
+
+
+async def test_500_concurrent_connections(tmp_path: Path) -> None:
+    echo_plugin(tmp_path)
+    async with running_server(PLUGIN_DIRS=[str(tmp_path)], plugins=["custom_echo"]) as srv:
+        clients = await asyncio.gather(
+            *(PolicyClient.connect(srv.host, srv.port) for _ in range(500))
+        )
+
+        async def talk(i: int, c: PolicyClient) -> list[str]:
+            out = [await c.ask(rcpt(f"c{i}r{j}@example.com")) for j in range(3)]
+            await c.close()
+            return out
+
+        results = await asyncio.gather(*(talk(i, c) for i, c in enumerate(clients)))
+        for i, replies in enumerate(results):
+            assert replies == [f"REJECT c{i}r{j}@example.com" for j in range(3)]
+        assert srv.handler.requests == 1500
+
+
+async def test_blocking_plugin_does_not_delay_other_connections(tmp_path: Path) -> None:
+    echo_plugin(tmp_path)
+    async with running_server(PLUGIN_DIRS=[str(tmp_path)], plugins=["custom_echo"]) as srv:
+        others = [await PolicyClient.connect(srv.host, srv.port) for _ in range(10)]
+
+        async def timed_requests(c: PolicyClient, n: int) -> list[float]:
+            out = []
+            for _ in range(n):
+                t0 = time.perf_counter()
+                assert await c.ask(rcpt("fast@example.com")) == "REJECT fast@example.com"
+                out.append(time.perf_counter() - t0)
+            return out
+
+        baseline = [x for c in others for x in await timed_requests(c, 5)]
+        blocked = await PolicyClient.connect(srv.host, srv.port)
+        t0 = time.perf_counter()
+        await blocked.send(encode(rcpt("block@example.com")))
+        await asyncio.sleep(0.1)  # the blocking call is now running in a thread
+        during = await asyncio.gather(*(timed_requests(c, 20) for c in others))
+        latencies = [x for xs in during for x in xs]
+        assert time.perf_counter() - t0 < 2.0, "the test must measure while the block lasts"
+        assert await blocked.reply() == "REJECT block@example.com"
+        assert time.perf_counter() - t0 >= 2.0
+        # other connections: same order of latency as before the block started
+        added = statistics.median(latencies) - statistics.median(baseline)
+        assert added < 0.005 * TIMEOUT_SCALE, (statistics.median(baseline), added)
+        assert max(latencies) < 0.25 * TIMEOUT_SCALE
+        for c in [*others, blocked]:
+            await c.close()
+
+
+async def test_shutdown_finishes_in_flight_requests(tmp_path: Path) -> None:
+    echo_plugin(tmp_path)
+    async with running_server(PLUGIN_DIRS=[str(tmp_path)], plugins=["custom_echo"]) as srv:
+        busy = await PolicyClient.connect(srv.host, srv.port)
+        idle = await PolicyClient.connect(srv.host, srv.port)
+        await busy.send(encode(rcpt("slow@example.com")))
+        await asyncio.sleep(0.05)
+        stop = asyncio.create_task(srv.server.stop(5.0))
+        assert await idle.closed_by_server(timeout=2)
+        assert await busy.reply() == "REJECT slow@example.com"
+        assert await busy.closed_by_server(timeout=2)
+        assert await stop == 0
+        with pytest.raises(OSError):
+            await PolicyClient.connect(srv.host, srv.port)
