@@ -91,8 +91,7 @@ class PolicyHandler:
         request = self.build_request(raw)
         decision = await self.decide(request)
         if log.isEnabledFor(logging.INFO):
-            log.info(
-                "%s",
-                summary_line(request, decision.action, decision.plugin, self._clock() - started),
-            )
+            line = summary_line(request, decision.action, decision.plugin, self._clock() - started)
+            # makeRecord + handle: the hot path skips logging's caller lookup
+            log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, line, None, None))
         return decision.action

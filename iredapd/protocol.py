@@ -16,6 +16,7 @@ server in trouble: it retries, then applies its default action).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -84,6 +85,10 @@ ATTRIBUTES: Final = frozenset(
 )
 
 
+# name=value, split at the first '='; lines without '=' do not match.
+_LINE: Final = re.compile(r"^([^=\n]*)=(.*)$", re.MULTILINE)
+
+
 class ProtocolError(Exception):
     """The peer broke a protocol rule or a limit; close without a reply."""
 
@@ -108,9 +113,15 @@ class RawRequest:
 
 
 class PolicyParser:
-    """Incremental parser: :meth:`feed` bytes, get the completed requests."""
+    """Incremental parser: :meth:`feed` bytes, get the completed requests.
 
-    __slots__ = ("_buf", "_current", "_lines", "max_attributes", "max_line", "max_request")
+    A request's bytes stay buffered until its empty line arrives; then the
+    whole block is split and decoded at once (the common case: one read holds
+    one whole request).  The limits are checked on the buffered part as it
+    grows, so a flood is cut short before it is all in memory.
+    """
+
+    __slots__ = ("_buf", "max_attributes", "max_line", "max_request")
 
     def __init__(
         self,
@@ -122,14 +133,12 @@ class PolicyParser:
         self.max_line = max_line
         self.max_attributes = max_attributes
         self.max_request = max_request
-        self._buf = bytearray()
-        self._current = RawRequest()
-        self._lines = 0
+        self._buf = b""
 
     @property
     def pending(self) -> bool:
         """True while a request has started but not ended (bytes are buffered)."""
-        return bool(self._buf) or self._lines > 0
+        return bool(self._buf)
 
     def feed(self, data: bytes) -> list[RawRequest]:
         """Consume ``data``; return the requests it completed, in order.
@@ -137,56 +146,71 @@ class PolicyParser:
         Raises ProtocolError past a limit or on a NUL byte; the parser must not
         be used after that.
         """
+        buf = self._buf + data if self._buf else bytes(data)
+        if b"\r" in buf:
+            # A person typing (telnet) sends CRLF; Postfix never sends CR.  A CR
+            # cut off at the end stays until its LF arrives.
+            buf = buf.replace(b"\r\n", b"\n")
         done: list[RawRequest] = []
-        pos = 0
-        while True:
-            nl = data.find(b"\n", pos)
-            if nl < 0:
+        start = 0
+        size = len(buf)
+        while start < size:
+            if buf[start] == 0x0A:  # an empty line right away: an empty request
+                done.append(RawRequest(size=1))
+                start += 1
+                continue
+            end = buf.find(b"\n\n", start)
+            if end < 0:
                 break
-            if self._buf:
-                self._buf += data[pos:nl]
-                raw = bytes(self._buf)
-                self._buf.clear()
-            else:
-                raw = data[pos:nl]
-            self._line(raw, done)
-            pos = nl + 1
-        if pos < len(data):
-            self._buf += data[pos:]
-            if len(self._buf) > self.max_line:
-                raise ProtocolError(f"line longer than {self.max_line} bytes")
-            if self._current.size + len(self._buf) > self.max_request:
-                raise ProtocolError(f"request larger than {self.max_request} bytes")
+            done.append(self._request(buf[start:end], end + 2 - start))
+            start = end + 2
+        rest = buf[start:]
+        self._check_partial(rest)
+        self._buf = rest
         return done
 
-    def _line(self, raw: bytes, done: list[RawRequest]) -> None:
-        cur = self._current
-        if len(raw) > self.max_line:
-            raise ProtocolError(f"line longer than {self.max_line} bytes")
-        cur.size += len(raw) + 1
-        if cur.size > self.max_request:
-            raise ProtocolError(f"request larger than {self.max_request} bytes")
-        if raw.endswith(b"\r"):
-            raw = raw[:-1]
-        if not raw:
-            done.append(cur)
-            self._current = RawRequest()
-            self._lines = 0
+    def _check_partial(self, rest: bytes) -> None:
+        """Limits on the part of a request that has arrived so far."""
+        if not rest:
             return
-        self._lines += 1
-        if self._lines > self.max_attributes:
+        last_nl = rest.rfind(b"\n")
+        if len(rest) - last_nl - 1 > self.max_line:
+            raise ProtocolError(f"line longer than {self.max_line} bytes")
+        if len(rest) > self.max_request:
+            raise ProtocolError(f"request larger than {self.max_request} bytes")
+        if rest.count(b"\n") > self.max_attributes:
             raise ProtocolError(f"more than {self.max_attributes} attributes in one request")
-        if b"\0" in raw:
+
+    def _request(self, block: bytes, wire_size: int) -> RawRequest:
+        """One complete request: ``block`` is its lines without the final LF."""
+        raw_lines = block.split(b"\n")
+        if max(map(len, raw_lines)) > self.max_line:
+            raise ProtocolError(f"line longer than {self.max_line} bytes")
+        if len(raw_lines) > self.max_attributes:
+            raise ProtocolError(f"more than {self.max_attributes} attributes in one request")
+        if wire_size > self.max_request:
+            raise ProtocolError(f"request larger than {self.max_request} bytes")
+        if b"\0" in block:
             raise ProtocolError("NUL byte in an attribute line")
+        req = RawRequest(size=wire_size)
         try:
-            line = raw.decode("utf-8")
+            text = block.decode("utf-8")
         except UnicodeDecodeError:
-            line = raw.decode("utf-8", errors="replace")
-            cur.decode_errors += 1
-        name, sep, value = line.partition("=")
-        if not sep:
-            cur.malformed_lines += 1
-        elif name in ATTRIBUTES:
-            cur.attributes[name] = value
-        else:
-            cur.unknown[name] = value
+            parts = []
+            for raw in raw_lines:
+                try:
+                    parts.append(raw.decode("utf-8"))
+                except UnicodeDecodeError:
+                    parts.append(raw.decode("utf-8", errors="replace"))
+                    req.decode_errors += 1
+            text = "\n".join(parts)
+        # One C-level pass: every "name=value" line (split at the first '=');
+        # a duplicate name keeps its last value.
+        pairs = _LINE.findall(text)
+        req.malformed_lines = len(raw_lines) - len(pairs)
+        attributes = dict(pairs)
+        if not attributes.keys() <= ATTRIBUTES:
+            req.unknown = {k: v for k, v in attributes.items() if k not in ATTRIBUTES}
+            attributes = {k: v for k, v in attributes.items() if k in ATTRIBUTES}
+        req.attributes = attributes
+        return req

@@ -13,9 +13,8 @@ is kept as received.  Derived fields are computed once, here:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
 from types import MappingProxyType
-from typing import Final
+from typing import Final, NamedTuple
 
 from iredapd.addr import domain_of, is_email, strip_extension
 from iredapd.protocol import RawRequest
@@ -26,11 +25,15 @@ __all__ = ["ADDRESS_ATTRIBUTES", "PolicyRequest"]
 ADDRESS_ATTRIBUTES: Final = ("sender", "recipient", "sasl_username")
 _LOWERCASED: Final = frozenset({"sender", "recipient", "sasl_username", "reverse_client_name"})
 _EMPTY: Final[Mapping[str, str]] = MappingProxyType({})
+_NOT_ATTRIBUTES: Final = frozenset({"unknown", "invalid"})
 
 
-@dataclass(frozen=True, slots=True)
-class PolicyRequest:
-    """A normalised policy request.  Absent attributes are empty strings."""
+class PolicyRequest(NamedTuple):
+    """A normalised policy request.  Absent attributes are empty strings.
+
+    Immutable (a NamedTuple: building one is a single C call, which matters on
+    the hot path; a frozen dataclass with 40 fields costs ten times more).
+    """
 
     request: str = ""
     protocol_state: str = ""
@@ -72,8 +75,10 @@ class PolicyRequest:
     sasl_username_domain: str = ""
     #: upper-cased protocol_state, what plugins are filtered by
     state: str = ""
+    #: (name, value) of the first of sender/recipient/sasl_username that is not an address
+    invalid: tuple[str, str] | None = None
     #: attributes this daemon does not know, kept aside (never used by plugins)
-    unknown: Mapping[str, str] = field(default_factory=lambda: _EMPTY, compare=False)
+    unknown: Mapping[str, str] = _EMPTY
 
     @classmethod
     def from_attributes(
@@ -84,17 +89,32 @@ class PolicyRequest:
         unknown: Mapping[str, str] | None = None,
     ) -> PolicyRequest:
         """Normalise raw ``name -> value`` pairs (known names only) into a request."""
-        values = {k: (v.lower() if k in _LOWERCASED else v) for k, v in attributes.items()}
-        sender = values.get("sender", "")
-        recipient = values.get("recipient", "")
-        sasl = values.get("sasl_username", "")
-        values["sender_domain"] = domain_of(sender)
-        values["sender_without_ext"] = strip_extension(sender, delimiters)
-        values["recipient_domain"] = domain_of(recipient)
-        values["recipient_without_ext"] = strip_extension(recipient, delimiters)
-        values["sasl_username_domain"] = domain_of(sasl)
+        values = dict(attributes)
+        for name in _LOWERCASED:
+            if name in values:
+                values[name] = values[name].lower()
+        invalid: tuple[str, str] | None = None
+        for name in ADDRESS_ATTRIBUTES:
+            value = values.get(name, "")
+            valid = bool(value) and is_email(value)
+            if value and not valid and invalid is None:
+                invalid = (name, value)
+            if name != "sasl_username":
+                values[f"{name}_without_ext"] = (
+                    strip_extension(value, delimiters, checked=True) if valid else value
+                )
+            values[f"{name}_domain"] = domain_of(value)
         values["state"] = values.get("protocol_state", "").upper()
-        return cls(**values, unknown=MappingProxyType(dict(unknown)) if unknown else _EMPTY)
+        # Positional: names read from the network are not interned, and keyword
+        # matching of 40 such names costs more than everything else here.
+        get = values.get
+        return cls._make(
+            [
+                *[get(name, "") for name in _TEXT_FIELDS],
+                invalid,
+                MappingProxyType(dict(unknown)) if unknown else _EMPTY,
+            ]
+        )
 
     @classmethod
     def from_raw(cls, raw: RawRequest, *, delimiters: Sequence[str] = ("+",)) -> PolicyRequest:
@@ -103,17 +123,22 @@ class PolicyRequest:
 
     def invalid_address(self) -> tuple[str, str] | None:
         """The first of sender/recipient/sasl_username that is set but not an address."""
-        for name in ADDRESS_ATTRIBUTES:
-            value: str = getattr(self, name)
-            if value and not is_email(value):
-                return name, value
-        return None
+        return self.invalid
 
     @property
     def authenticated(self) -> bool:
         """True when the client logged in with SMTP AUTH."""
         return bool(self.sasl_username)
 
+    def replace(self, **changes: str) -> PolicyRequest:
+        """A copy with some attributes changed (derived fields are not recomputed)."""
+        return self._replace(**changes)
+
     def as_dict(self) -> dict[str, str]:
         """Every attribute and derived field (iRedAPD's ``smtp_session_data``)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "unknown"}
+        return {k: v for k, v in self._asdict().items() if k not in _NOT_ATTRIBUTES}
+
+
+# Every field but the last two (invalid, unknown), in order.
+_TEXT_FIELDS: Final = PolicyRequest._fields[:-2]
+assert PolicyRequest._fields[-2:] == ("invalid", "unknown")
