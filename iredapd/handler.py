@@ -93,5 +93,5 @@ class PolicyHandler:
         if log.isEnabledFor(logging.INFO):
             line = summary_line(request, decision.action, decision.plugin, self._clock() - started)
             # makeRecord + handle: the hot path skips logging's caller lookup
-            log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, line, None, None))
+            log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, line, (), None))
         return decision.action

@@ -130,10 +130,6 @@ class PolicyRequest(NamedTuple):
         """True when the client logged in with SMTP AUTH."""
         return bool(self.sasl_username)
 
-    def replace(self, **changes: str) -> PolicyRequest:
-        """A copy with some attributes changed (derived fields are not recomputed)."""
-        return self._replace(**changes)
-
     def as_dict(self) -> dict[str, str]:
         """Every attribute and derived field (iRedAPD's ``smtp_session_data``)."""
         return {k: v for k, v in self._asdict().items() if k not in _NOT_ATTRIBUTES}
