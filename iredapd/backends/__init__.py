@@ -1,0 +1,1 @@
+"""Account backends: iRedMail's vmail database (SQL) or directory (LDAP), and a fake."""
