@@ -16,6 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from iredapd.backends.base import AccountBackend
 from iredapd.config import Settings
 from iredapd.storage.db import Database, open_database
 
@@ -23,6 +24,14 @@ __all__ = ["Services"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+def _complete(settings: Settings, name: str) -> bool:
+    """iRedAPD's rule: a database is configured when none of its settings is empty."""
+    if settings.backend == "sqlite":
+        return True
+    parts = ("server", "port", "name", "user")
+    return all(settings.get(f"{name}_db_{p}") not in ("", None) for p in parts)
 
 
 class Services:
@@ -46,8 +55,10 @@ class Services:
         self.iredapd_db: Database | None = None
         #: amavisd's database (white/blacklists)
         self.amavisd_db: Database | None = None
-        #: the account backend (vmail SQL database or LDAP)
-        self.vmail: Any = None
+        #: iRedMail's vmail database (SQL backends only)
+        self.vmail_db: Database | None = None
+        #: the account backend (vmail SQL database or LDAP): an AccountBackend
+        self.vmail: AccountBackend | None = None
         #: the DNS resolver
         self.resolver: Any = None
 
@@ -68,14 +79,31 @@ class Services:
         return await loop.run_in_executor(self.executor, call)
 
     def open_databases(self, *, create_schema: bool = True) -> None:
-        """Open the iredapd database (and create or upgrade its tables)."""
-        self.iredapd_db = open_database("iredapd", self.settings, self.run_blocking)
+        """Open the databases the settings name (blocking; at startup).
+
+        The iredapd database is created or upgraded; with the embedded SQLite
+        default the vmail and amavisd databases are created too.  Connections
+        are made lazily, so a database that no plugin uses is never contacted.
+        """
+        s = self.settings
+        self.iredapd_db = open_database("iredapd", s, self.run_blocking)
+        if _complete(s, "amavisd"):
+            self.amavisd_db = open_database("amavisd", s, self.run_blocking)
+        if s.backend != "ldap" and _complete(s, "vmail"):
+            self.vmail_db = open_database("vmail", s, self.run_blocking)
         if create_schema:
             self.iredapd_db.create_schema()
+            if s.backend == "sqlite":
+                for db in (self.vmail_db, self.amavisd_db):
+                    if db is not None:
+                        db.create_schema()
+        from iredapd.accounts import create_account_backend
+
+        self.vmail = create_account_backend(self)
 
     async def close(self) -> None:
         """Release pools and threads."""
-        for db in (self.iredapd_db, self.amavisd_db):
+        for db in (self.iredapd_db, self.amavisd_db, self.vmail_db):
             if db is not None:
                 db.dispose()
         closer = getattr(self.vmail, "close", None)

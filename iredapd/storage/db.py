@@ -161,7 +161,7 @@ class Database:
         from iredapd.storage.migrate import upgrade
 
         try:
-            upgrade(self.engine, self.name)
+            upgrade(self.engine, self.name)  # logs each change it makes
         except sa.exc.OperationalError as e:
             raise BackendUnavailable(f"{self.name} database: {e.orig}") from e
 
