@@ -71,6 +71,19 @@ class Services:
             "dns": self.resolver is not None,
         }.get(requirement, False)
 
+    async def spf_allows(self, domain: str, client_address: str) -> bool:
+        """True if the SPF record of ``domain`` gives ``pass`` for ``client_address``.
+
+        The hook behind GREYLISTING_BYPASS_SPF and CHECK_SPF_IF_LOGIN_MISMATCH.
+        Without a resolver (no DNS configured) nothing is allowed.  A DNS error
+        or an SPF error is not a pass.
+        """
+        if self.resolver is None or not domain or not client_address:
+            return False
+        from iredapd.spf import is_allowed_server_in_spf
+
+        return await is_allowed_server_in_spf(domain, client_address, self.resolver)
+
     async def run_blocking(self, func: Callable[..., T], *args: Any) -> T:
         """Run ``func(*args)`` in the bounded thread pool, keeping contextvars."""
         loop = asyncio.get_running_loop()
