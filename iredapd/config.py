@@ -163,6 +163,10 @@ class Settings:
     SYSLOG_FACILITY: Annotated[str, _Choice(_SYSLOG_FACILITIES)] = _s("local5", "syslog facility")
     DNS_QUERY_TIMEOUT: Seconds = _s(3.0, "deadline of one DNS query (s)")
     SPF_MAX_DNS_QUERIES: Count = _s(20, "DNS queries per SPF expansion (greylisting tool)")
+    DNS_NAMESERVERS: tuple[str, ...] = _s(
+        (), "DNS servers to ask (IP addresses); empty = /etc/resolv.conf", ours=True
+    )
+    DNS_PORT: Port = _s(53, "port of DNS_NAMESERVERS", ours=True)
     LOG_TARGET: Annotated[str, _Choice(("syslog", "stderr", "file"))] = _s(
         "syslog", "where the log goes (--foreground forces stderr)", ours=True
     )
@@ -218,6 +222,12 @@ class Settings:
     ldap_binddn: str = _s("cn=vmail,dc=iredmail,dc=org", "LDAP bind DN")
     ldap_bindpw: str = _s("password", "LDAP bind password")
     ldap_enable_tls: bool = _s(False, "STARTTLS to the LDAP server")
+    LDAP_TLS_REQUIRE_CERT: bool = _s(
+        True, "verify the LDAP server's certificate (ldaps:// and STARTTLS)", ours=True
+    )
+    LDAP_TLS_CA_CERT_FILE: str = _s("", "CA certificates for LDAP TLS; empty = system", ours=True)
+    LDAP_TIMEOUT: Seconds = _s(5.0, "deadline of one LDAP connect or search (s)", ours=True)
+    LDAP_CONNECTIONS: Count = _s(4, "LDAP connections kept open", ours=True)
 
     # --- core behaviour and logging ---------------------------------------
     MYNETWORKS: tuple[str, ...] = _s((), "trusted clients: IPs, wildcards (192.168.1.*), CIDR")
@@ -265,6 +275,9 @@ class Settings:
     NOTIFICATION_SMTP_PASSWORD: str = _s("", "SMTP password; empty = use CMD_SENDMAIL")
     NOTIFICATION_SMTP_DEBUG_LEVEL: Count = _s(0, "smtplib debug level")
     NOTIFICATION_SENDER_NAME: str = _s("No Reply", "display name of the notification sender")
+    NOTIFICATION_TIMEOUT: Seconds = _s(
+        30.0, "deadline of sending one notification (off the hot path) (s)", ours=True
+    )
 
     # --- access policies, white/blacklists -----------------------------------
     WBLIST_BYPASS_OUTGOING_EMAIL: bool = _s(False, "no wblist check for SMTP AUTH senders")
@@ -287,6 +300,8 @@ class Settings:
     )
     mlmmjadmin_api_endpoint: str = _s("http://127.0.0.1:7790/api", "mlmmjadmin API")
     mlmmjadmin_api_auth_token: str = _s("", "mlmmjadmin API token")
+    MLMMJADMIN_API_TIMEOUT: Seconds = _s(5.0, "deadline of one mlmmjadmin API call (s)", ours=True)
+    MLMMJADMIN_API_VERIFY_TLS: bool = _s(True, "verify mlmmjadmin's TLS certificate", ours=True)
 
     # --- not settings: where they came from, and plugin-declared extras ------
     source: str = field(default="", metadata={"internal": True})
