@@ -35,7 +35,9 @@ from iredapd.logs import LogSetup, configure_logging
 from iredapd.protocol import PolicyParser, ProtocolError, RawRequest
 from iredapd.server import LineServer, format_addresses
 from iredapd.services import Services
+from iredapd.srs_service import SRSChannels, SRSService, srs_enabled
 from iredapd.storage.db import BackendUnavailable
+from iredapd.tcptable import Request
 
 __all__ = ["Daemon", "Loaded", "PolicyService", "load_all", "load_namespace", "sd_notify"]
 
@@ -168,6 +170,9 @@ class Daemon:
         self.settings = loaded.settings
         self.logsetup: LogSetup | None = None
         self.server: LineServer[RawRequest] | None = None
+        self.srs_servers: list[LineServer[Request]] = []
+        self._srs: SRSChannels | None = None
+        self._fqdn = ""
         self.handler: PolicyHandler | None = None
         self.stop_event = asyncio.Event()
         self._reloading: asyncio.Task[bool] | None = None
@@ -228,6 +233,14 @@ class Daemon:
             return 71
         log.info("listening on %s", format_addresses(self.server.addresses))
         log.info("plugins (in order): %s", ", ".join(chain.names) or "none")
+        try:
+            await self._start_srs(settings, chain.services)
+        except OSError as e:
+            log.error("cannot listen for SRS: %s", e.strerror or e)
+            await self.server.stop(0)
+            await chain.close()
+            await chain.services.close()
+            return 71
         if settings.pid_file:
             _write_pid_file(settings.pid_file)
         if user is not None:
@@ -247,7 +260,9 @@ class Daemon:
         log.info(
             "stopping: no new connections, %.1fs for requests in flight", settings.SHUTDOWN_GRACE
         )
-        cut = await self.server.stop(self.handler.chain.settings.SHUTDOWN_GRACE)
+        grace = self.handler.chain.settings.SHUTDOWN_GRACE
+        stops = [srv.stop(grace) for srv in self.srs_servers]
+        cut = sum(await asyncio.gather(self.server.stop(grace), *stops))
         if cut:
             log.warning("stopped with %d connection(s) cut after the grace period", cut)
         for task in list(self._retiring):
@@ -260,6 +275,38 @@ class Daemon:
                 os.unlink(settings.pid_file)
         log.info("stopped after %d requests", self.handler.requests)
         return 0
+
+    async def _start_srs(self, settings: Settings, services: Services) -> None:
+        """The SRS tcp_table listeners, when srs_secrets and srs_domain are set."""
+        if not srs_enabled(settings):
+            log.info("No SRS domain and/or secret strings in settings.py, not loaded.")
+            return
+        if not self._fqdn:
+            # getfqdn() may ask DNS: not on the event loop
+            loop = asyncio.get_running_loop()
+            self._fqdn = settings.SERVER_HOSTNAME or await loop.run_in_executor(
+                None, socket.getfqdn
+            )
+        self._srs = SRSChannels(settings, services, self._fqdn)
+        for name, port, label in (
+            ("srs_forward", settings.srs_forward_port, "sender rewriting"),
+            ("srs_reverse", settings.srs_reverse_port, "recipient rewriting"),
+        ):
+            pick = (
+                (lambda: self._channels().forward)
+                if name == "srs_forward"
+                else (lambda: self._channels().reverse)
+            )
+            server: LineServer[Request] = LineServer(
+                SRSService(name, pick), idle_timeout=settings.IDLE_TIMEOUT
+            )
+            host, bound = await server.listen(settings.listen_address, port)
+            self.srs_servers.append(server)
+            log.info("Starting SRS %s channel, listening on %s:%d", label, host, bound)
+
+    def _channels(self) -> SRSChannels:
+        assert self._srs is not None
+        return self._srs
 
     def _schedule_reload(self) -> None:
         if self._reloading is not None and not self._reloading.done():
@@ -306,6 +353,13 @@ class Daemon:
             self.logsetup.logger.setLevel(new.log_level.upper())
         old = self.handler.chain
         self.handler.chain = chain
+        if self.srs_servers and srs_enabled(new):
+            self._srs = SRSChannels(new, chain.services, self._fqdn)
+        if srs_enabled(new) != bool(self.srs_servers) or (
+            new.srs_forward_port,
+            new.srs_reverse_port,
+        ) != (old_settings.srs_forward_port, old_settings.srs_reverse_port):
+            log.warning("SRS listeners changed: takes effect at the next restart")
         if self.server is not None:
             self.server.idle_timeout = new.IDLE_TIMEOUT
         self.loaded = loaded

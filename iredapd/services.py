@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from iredapd.backends.base import AccountBackend
 from iredapd.config import Settings
+from iredapd.resolver import DNSSource, Resolver
 from iredapd.storage.db import Database, open_database
 
 __all__ = ["Services"]
@@ -59,8 +60,13 @@ class Services:
         self.vmail_db: Database | None = None
         #: the account backend (vmail SQL database or LDAP): an AccountBackend
         self.vmail: AccountBackend | None = None
-        #: the DNS resolver
-        self.resolver: Any = None
+        #: the DNS resolver (async, with deadlines and a TTL cache)
+        self.resolver: DNSSource | None = Resolver(
+            list(settings.DNS_NAMESERVERS) or None,
+            port=settings.DNS_PORT,
+            timeout=settings.DNS_QUERY_TIMEOUT,
+            clock=time.monotonic,
+        )
 
     def provides(self, requirement: str) -> bool:
         """True if the service a plugin ``requires`` is available."""
