@@ -15,6 +15,7 @@ from iredapd.actions import DUNNO, MAX_ACTION_LENGTH, Action
 from iredapd.chain import Chain, Decision
 from iredapd.protocol import RawRequest
 from iredapd.request import PolicyRequest
+from iredapd.storage.sessions import session_row, should_log
 
 __all__ = ["PolicyHandler", "clean", "summary_line"]
 
@@ -90,6 +91,11 @@ class PolicyHandler:
         started = self._clock()
         request = self.build_request(raw)
         decision = await self.decide(request)
+        services = self.chain.services
+        if services.session_log is not None and should_log(
+            self.chain.settings, request, decision.action
+        ):
+            services.session_log.add(session_row(request, decision.action, services.clock()))
         if log.isEnabledFor(logging.INFO):
             line = summary_line(request, decision.action, decision.plugin, self._clock() - started)
             # makeRecord + handle: the hot path skips logging's caller lookup

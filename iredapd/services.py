@@ -20,6 +20,7 @@ from iredapd.backends.base import AccountBackend
 from iredapd.config import Settings
 from iredapd.resolver import DNSSource, Resolver
 from iredapd.storage.db import Database, open_database
+from iredapd.storage.sessions import SessionLog
 
 __all__ = ["Services"]
 
@@ -60,6 +61,8 @@ class Services:
         self.vmail_db: Database | None = None
         #: the account backend (vmail SQL database or LDAP): an AccountBackend
         self.vmail: AccountBackend | None = None
+        #: the smtp_sessions writer (when LOG_SMTP_SESSIONS and an iredapd database)
+        self.session_log: SessionLog | None = None
         #: the DNS resolver (async, with deadlines and a TTL cache)
         self.resolver: DNSSource | None = Resolver(
             list(settings.DNS_NAMESERVERS) or None,
@@ -116,12 +119,16 @@ class Services:
                 for db in (self.vmail_db, self.amavisd_db):
                     if db is not None:
                         db.create_schema()
+        if s.LOG_SMTP_SESSIONS:
+            self.session_log = SessionLog(self.iredapd_db)
         from iredapd.accounts import create_account_backend
 
         self.vmail = create_account_backend(self)
 
     async def close(self) -> None:
-        """Release pools and threads."""
+        """Write what is buffered, then release pools and threads."""
+        if self.session_log is not None:
+            await self.session_log.close(grace=self.settings.SHUTDOWN_GRACE)
         for db in (self.iredapd_db, self.amavisd_db, self.vmail_db):
             if db is not None:
                 db.dispose()

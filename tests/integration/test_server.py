@@ -175,7 +175,9 @@ async def test_500_concurrent_connections(tmp_path: Path) -> None:
 
 async def test_blocking_plugin_does_not_delay_other_connections(tmp_path: Path) -> None:
     echo_plugin(tmp_path)
-    async with running_server(PLUGIN_DIRS=[str(tmp_path)], plugins=["custom_echo"]) as srv:
+    async with running_server(
+        PLUGIN_DIRS=[str(tmp_path)], plugins=["custom_echo"], LOG_SMTP_SESSIONS=False
+    ) as srv:
         others = [await PolicyClient.connect(srv.host, srv.port) for _ in range(10)]
 
         async def timed_requests(c: PolicyClient, n: int) -> list[float]:
@@ -197,8 +199,9 @@ async def test_blocking_plugin_does_not_delay_other_connections(tmp_path: Path) 
         assert await blocked.reply() == "REJECT block@example.com"
         assert time.perf_counter() - t0 >= 2.0
         # other connections: same order of latency as before the block started
+        # (a few ms at most on a loaded 2-core machine; the block itself is 2 s)
         added = statistics.median(latencies) - statistics.median(baseline)
-        assert added < 0.005 * TIMEOUT_SCALE, (statistics.median(baseline), added)
+        assert added < 0.010 * TIMEOUT_SCALE, (statistics.median(baseline), added)
         assert max(latencies) < 0.25 * TIMEOUT_SCALE
         for c in [*others, blocked]:
             await c.close()

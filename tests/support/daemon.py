@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -39,8 +40,18 @@ class InProcess:
 async def running_server(**overrides: Any) -> AsyncIterator[InProcess]:
     """The policy listener on 127.0.0.1:<free port> in this event loop."""
     overrides.setdefault("listen_port", 0)
+    with contextlib.ExitStack() as stack:
+        if "DATA_DIR" not in overrides:
+            overrides["DATA_DIR"] = stack.enter_context(tempfile.TemporaryDirectory())
+        async with _running(overrides) as srv:
+            yield srv
+
+
+@contextlib.asynccontextmanager
+async def _running(overrides: dict[str, Any]) -> AsyncIterator[InProcess]:
     loaded = load_namespace({}, overrides=overrides)
     services = Services(loaded.settings)
+    await asyncio.to_thread(services.open_databases)
     chain = Chain.build(loaded.settings, services, loaded.specs)
     await chain.start()
     handler = PolicyHandler(chain)
