@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import os
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from tests.support.services import timeout_scale
+
+# Fixtures every test may use: a private Postfix, a throwaway slapd.
+pytest_plugins = ["tests.support.postfix", "tests.support.slapd"]
+
 # Every timeout in the tests is multiplied by this (slow or loaded machines).
-TIMEOUT_SCALE = float(os.environ.get("IREDAPD_TEST_TIMEOUT_SCALE", "1"))
+TIMEOUT_SCALE = timeout_scale()
 # Deadline of one coroutine test.
 ASYNC_TEST_DEADLINE = 60.0 * TIMEOUT_SCALE
 
