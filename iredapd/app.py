@@ -210,7 +210,7 @@ class Daemon:
         except (PluginLoadError, BackendUnavailable, ConfigError) as e:
             log.error("cannot start: %s", e)
             return 78 if not isinstance(e, BackendUnavailable) else 69
-        self.handler = PolicyHandler(chain)
+        self.handler = PolicyHandler(chain, request_line=self.logsetup_line)
         self.server = LineServer(PolicyService(self.handler), idle_timeout=settings.IDLE_TIMEOUT)
         log.info(
             "Starting iRedAPD (version: %s, backend: %s), listening on %s:%d.",
@@ -307,6 +307,11 @@ class Daemon:
     def _channels(self) -> SRSChannels:
         assert self._srs is not None
         return self._srs
+
+    def logsetup_line(self, text: str) -> None:
+        """The per-request log line, to the current log set-up."""
+        if self.logsetup is not None:
+            self.logsetup.request_line(text)
 
     def _schedule_reload(self) -> None:
         if self._reloading is not None and not self._reloading.done():

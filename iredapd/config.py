@@ -189,6 +189,9 @@ class Settings:
     SHUTDOWN_GRACE: Seconds = _s(
         5.0, "on SIGTERM, time in-flight requests get to finish (s)", ours=True
     )
+    EVENT_LOOP: Annotated[str, _Choice(("auto", "asyncio", "uvloop"))] = _s(
+        "auto", "event loop: uvloop when installed (auto), or the stdlib's", ours=True
+    )
     THREAD_POOL_SIZE: Count = _s(32, "threads for blocking backend calls", ours=True)
     CACHE_TTL: Annotated[float, _NonNegative()] = _s(
         60.0, "seconds lookups that rarely change are cached; 0 = off", ours=True

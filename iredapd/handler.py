@@ -61,9 +61,18 @@ def summary_line(r: PolicyRequest, action: Action, plugin: str, seconds: float) 
 class PolicyHandler:
     """Answers requests with the current chain (swapped on reload)."""
 
-    def __init__(self, chain: Chain, *, clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(
+        self,
+        chain: Chain,
+        *,
+        clock: Callable[[], float] = time.perf_counter,
+        request_line: Callable[[str], None] | None = None,
+    ) -> None:
         self.chain = chain
         self._clock = clock
+        #: where the one line per request goes (the daemon's log sink); None:
+        #: through the logging module (tests, iredapd-query)
+        self.request_line = request_line
         #: requests answered since start (exact: event-loop thread only)
         self.requests = 0
 
@@ -96,8 +105,9 @@ class PolicyHandler:
             self.chain.settings, request, decision.action
         ):
             services.session_log.add(session_row(request, decision.action, services.clock()))
-        if log.isEnabledFor(logging.INFO):
-            line = summary_line(request, decision.action, decision.plugin, self._clock() - started)
-            # makeRecord + handle: the hot path skips logging's caller lookup
-            log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, line, (), None))
+        elapsed = self._clock() - started
+        if self.request_line is not None:
+            self.request_line(summary_line(request, decision.action, decision.plugin, elapsed))
+        elif log.isEnabledFor(logging.INFO):
+            log.info("%s", summary_line(request, decision.action, decision.plugin, elapsed))
         return decision.action

@@ -16,7 +16,6 @@ server in trouble: it retries, then applies its default action).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -83,10 +82,6 @@ ATTRIBUTES: Final = frozenset(
         "tls_sni",
     }
 )
-
-
-# name=value, split at the first '='; lines without '=' do not match.
-_LINE: Final = re.compile(r"^([^=\n]*)=(.*)$", re.MULTILINE)
 
 
 class ProtocolError(Exception):
@@ -183,10 +178,12 @@ class PolicyParser:
 
     def _request(self, block: bytes, wire_size: int) -> RawRequest:
         """One complete request: ``block`` is its lines without the final LF."""
-        raw_lines = block.split(b"\n")
-        if max(map(len, raw_lines)) > self.max_line:
+        lines = block.count(b"\n") + 1
+        # Only a block longer than a line can hold a line that is too long:
+        # the common case skips splitting.
+        if len(block) > self.max_line and max(map(len, block.split(b"\n"))) > self.max_line:
             raise ProtocolError(f"line longer than {self.max_line} bytes")
-        if len(raw_lines) > self.max_attributes:
+        if lines > self.max_attributes:
             raise ProtocolError(f"more than {self.max_attributes} attributes in one request")
         if wire_size > self.max_request:
             raise ProtocolError(f"request larger than {self.max_request} bytes")
@@ -197,18 +194,24 @@ class PolicyParser:
             text = block.decode("utf-8")
         except UnicodeDecodeError:
             parts = []
-            for raw in raw_lines:
+            for raw in block.split(b"\n"):
                 try:
                     parts.append(raw.decode("utf-8"))
                 except UnicodeDecodeError:
                     parts.append(raw.decode("utf-8", errors="replace"))
                     req.decode_errors += 1
             text = "\n".join(parts)
-        # One C-level pass: every "name=value" line (split at the first '=');
-        # a duplicate name keeps its last value.
-        pairs = _LINE.findall(text)
-        req.malformed_lines = len(raw_lines) - len(pairs)
-        attributes = dict(pairs)
+        # Split at the first '='; a duplicate name keeps its last value.
+        # (A loop of str.partition is several times faster than a regex here.)
+        attributes: dict[str, str] = {}
+        malformed = 0
+        for line in text.split("\n"):
+            name, sep, value = line.partition("=")
+            if sep:
+                attributes[name] = value
+            else:
+                malformed += 1
+        req.malformed_lines = malformed
         if not attributes.keys() <= ATTRIBUTES:
             req.unknown = {k: v for k, v in attributes.items() if k not in ATTRIBUTES}
             attributes = {k: v for k, v in attributes.items() if k in ATTRIBUTES}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pprint import pformat
 
 from iredapd import __version__
@@ -68,6 +68,24 @@ def _show(settings_values: dict[str, object], verbose: bool) -> None:
         print(line)
 
 
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop when asked for (or 'auto' and installed), else the stdlib's.
+
+    uvloop (libuv in C) roughly halves the event loop's own cost per request;
+    the daemon behaves the same on either loop.
+    """
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ConfigError("EVENT_LOOP = 'uvloop' but uvloop is not installed") from None
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``iredapd`` console script."""
     args = _parser().parse_args(argv)
@@ -90,7 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EX_OK
     daemon = Daemon(loaded, config=args.config, overrides=overrides, foreground=args.foreground)
     try:
-        return asyncio.run(daemon.run())
+        with asyncio.Runner(loop_factory=loop_factory(settings.EVENT_LOOP)) as runner:
+            return runner.run(daemon.run())
     except ConfigError as e:
         return fail(PROG, str(e), EX_CONFIG)
     except KeyboardInterrupt:

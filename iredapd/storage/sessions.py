@@ -17,12 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from iredapd.actions import Action
 from iredapd.config import Settings
@@ -32,6 +34,8 @@ from iredapd.storage.db import BackendUnavailable, Database
 from iredapd.storage.schema import smtp_sessions
 
 __all__ = ["SessionLog", "session_row", "should_log"]
+
+_INSERT: Final = sa.insert(smtp_sessions)
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +103,10 @@ def session_row(request: PolicyRequest, action: Action, now: float) -> dict[str,
     return row
 
 
+def _insert_rows(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    conn.execute(_INSERT, rows)
+
+
 class SessionLog:
     """Buffered writer of smtp_sessions rows (event-loop side only)."""
 
@@ -149,7 +157,9 @@ class SessionLog:
         while self.pending:
             rows = [self.pending.popleft() for _ in range(min(self.batch, len(self.pending)))]
             try:
-                await self.db.execute(sa.insert(smtp_sessions).values(rows))
+                # executemany with one compiled statement: little Python work in
+                # the thread (it competes with the event loop for the GIL)
+                await self.db.run(functools.partial(_insert_rows, rows=rows))
             except (BackendUnavailable, sa.exc.SQLAlchemyError) as e:
                 self.pending.extendleft(reversed(rows))  # keep them for the next try
                 self._errors.error(
