@@ -21,7 +21,7 @@ import inspect
 import logging
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Coroutine, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -300,8 +300,6 @@ class Chain:
         if not self._entries:
             # iRedAPD's answer when no plugin is enabled
             return Decision(Action("DUNNO No enabled plugins"))
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.REQUEST_TIMEOUT
         ctx = Context(
             request=request,
             settings=self.settings,
@@ -309,8 +307,22 @@ class Chain:
             now=self.services.clock() if now is None else now,
             dry_run=dry_run,
         )
+        decision = await self._walk(ctx, trace)
+        for callback in ctx.decided_callbacks:
+            try:
+                callback(decision.action)
+            except Exception:  # a plugin's callback must not lose the reply
+                log.exception("on_decision callback failed")
+        return decision
+
+    async def _walk(self, ctx: Context, trace: bool) -> Decision:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.REQUEST_TIMEOUT
         steps: list[Step] = []
-        state = request.state
+        state = ctx.request.state
+        # A PREPEND adds a header and is otherwise DUNNO (access(5)): the first
+        # one is kept and sent only if no later plugin decides.
+        header: tuple[Action, str] | None = None
         for e in self._entries:
             name = e.plugin.name
             if state not in e.states:
@@ -333,9 +345,16 @@ class Chain:
             action, step = await self._run_one(e, ctx, budget=min(e.timeout, remaining))
             if trace:
                 steps.append(step)
-            if action is not None and not action.is_neutral:
-                e.stats.decisions += 1
-                return Decision(action, name, steps)
+            if action is None or action.is_neutral:
+                continue
+            e.stats.decisions += 1
+            if action.verb == "PREPEND":
+                if header is None:
+                    header = (action, name)
+                continue
+            return Decision(action, name, steps)
+        if header is not None:
+            return Decision(header[0], header[1], steps)
         return Decision(DUNNO, "", steps)
 
     async def _run_one(
@@ -345,8 +364,7 @@ class Chain:
         e.stats.calls += 1
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(budget):
-                result = await e.plugin.check(ctx)
+            result = await _bounded(e.plugin.check(ctx), budget)
             action = _as_action(result)
         except TimeoutError:
             elapsed = time.perf_counter() - started
@@ -378,6 +396,58 @@ class Chain:
         if action is None or action.is_neutral:
             return action, Step(name, "pass", action.text if action else "", elapsed)
         return action, Step(name, "action", action.text, elapsed)
+
+
+class _Resume:
+    """Awaitable that continues a coroutine already stepped once (``yield from``).
+
+    The futures the coroutine yields pass up to the running task unchanged, and
+    what the task sends or throws in (a result, a cancellation) goes back down:
+    exactly what ``await coro`` would have done had it not been started.
+    """
+
+    __slots__ = ("coro", "first")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], first: Any) -> None:
+        self.coro = coro
+        self.first = first
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, yielded = self.coro, self.first
+        while True:
+            try:
+                sent = yield yielded
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # noqa: BLE001 - cancellation goes to the plugin
+                try:
+                    yielded = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    yielded = coro.send(sent)
+                except StopIteration as stop:
+                    return stop.value
+
+
+async def _bounded(coro: Coroutine[Any, Any, Any], budget: float) -> Any:
+    """Await ``coro`` within ``budget`` seconds.
+
+    The first step runs at once: a plugin that answers without waiting (pure
+    logic, a cached lookup) needs no timer, and arming one costs more than most
+    such plugins.  Only a plugin that waits gets the deadline.
+    """
+    try:
+        first = coro.send(None)
+    except StopIteration as stop:
+        return stop.value
+    except BaseException:
+        coro.close()
+        raise
+    async with asyncio.timeout(budget):
+        return await _Resume(coro, first)
 
 
 def _as_action(result: object) -> Action | None:

@@ -62,6 +62,16 @@ class Context:
     dry_run: bool = False
     #: answers shared between plugins of one request (ask each question once)
     memo: dict[Hashable, Any] = field(default_factory=dict)
+    #: called with the final action once the chain has decided (see on_decision)
+    decided_callbacks: list[Callable[[Action], None]] = field(default_factory=list)
+
+    def on_decision(self, callback: Callable[[Action], None]) -> None:
+        """Call ``callback(final_action)`` when the chain has decided this request.
+
+        A plugin that answers with PREPEND learns here whether its header was
+        sent (a later plugin may decide instead).
+        """
+        self.decided_callbacks.append(callback)
 
     async def once(self, key: Hashable, compute: Callable[[], Awaitable[T]]) -> T:
         """Await ``compute()`` once per request for ``key``; later calls reuse it.

@@ -82,15 +82,11 @@ Order, and the header
     The plugin runs at priority 20: after the access plugins (white/blacklists,
     greylisting, throttling: a whitelisted sender is accepted before SPF is
     asked) and before ``senderscore`` (10) and custom plugins (0).  Postfix
-    takes one action per reply, and this daemon answers with the first plugin
-    action that is not ``DUNNO``.  So on the first recipient of a message the
-    ``PREPEND Received-SPF: ...`` reply ends the chain: plugins after ``spf``
-    are not asked about that recipient (they are about the later ones, where
-    this plugin answers nothing).  If you rely on such a plugin (senderscore
-    rejects bad reputations), run ``spf`` after it
-    (``PLUGIN_PRIORITIES = {"spf": 5}``) or set ``SPF_ADD_HEADER = False``;
-    the daemon warns at start when plugins are enabled after ``spf`` while
-    the header is on.  Postfix keeps a header added at a recipient that it
+    takes one action per reply; a ``PREPEND`` is DUNNO plus a header
+    (access(5)), so the chain goes on after it: plugins after ``spf`` still
+    decide, and the header is sent only when none of them does.  When a later
+    plugin rejects the first recipient, the header goes with the next
+    recipient of the message instead.  Postfix keeps a header added at a recipient that it
     refuses afterwards (e.g. ``Relay access denied``): the header is still in
     the message accepted for the other recipients.
 
@@ -102,6 +98,7 @@ Memory
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -354,6 +351,11 @@ class _Seen:
     header_added: bool = False
 
 
+def _unclaim_unless_sent(seen: _Seen, header: Action, final: Action) -> None:
+    if final is not header:
+        seen.header_added = False
+
+
 class _Transactions:
     """A bounded map of recent transactions with expiry; the oldest goes first."""
 
@@ -405,28 +407,6 @@ class SPF(Plugin):
         self.limits = SPFLimits(timeout=self.config.timeout)
         self.transactions = _Transactions(INSTANCE_CACHE_SIZE, INSTANCE_TTL)
 
-    async def start(self) -> None:
-        """Warn when the header would keep later plugins from seeing a recipient."""
-        if not self.config.add_header:
-            return
-        s = self.settings
-        mine = s.plugin_priority(self.name)
-        names = list(dict.fromkeys(s.plugins))
-        position = names.index(self.name) if self.name in names else len(names)
-        after = [
-            f"{p} ({s.plugin_priority(p)})"
-            for i, p in enumerate(names)
-            if p != self.name
-            and (s.plugin_priority(p) < mine or (s.plugin_priority(p) == mine and i > position))
-        ]
-        if after:
-            log.warning(
-                "spf: the Received-SPF header (a PREPEND reply) ends the plugin chain on the "
-                "first recipient of each message, so %s will not be asked about it; "
-                "set PLUGIN_PRIORITIES['spf'] below theirs or SPF_ADD_HEADER = False",
-                ", ".join(after),
-            )
-
     async def check(self, ctx: Context) -> Action | None:
         """Check once per transaction; reject, defer, or add the header once."""
         request = ctx.request
@@ -451,7 +431,13 @@ class SPF(Plugin):
                     seen = self.transactions.add(key, result, ctx.now)
                 else:
                     seen = _Seen(result, ctx.now)
-        return self._decide(seen)
+        action = self._decide(seen)
+        if action is not None and action.verb == "PREPEND":
+            # The header is claimed now (so a concurrent request of the same
+            # transaction adds none) and given back if the chain answers
+            # something else: then the next recipient carries it.
+            ctx.on_decision(functools.partial(_unclaim_unless_sent, seen, action))
+        return action
 
     async def _evaluate(self, ctx: Context) -> SPFResult:
         resolver = ctx.services.resolver

@@ -285,3 +285,84 @@ def test_plugin_declared_settings_are_accepted(tmp_path: Path) -> None:
 
 def test_builtin_plugins_are_found() -> None:
     assert (builtin_plugin_dir() / "reject_null_sender.py").is_file()
+
+
+async def test_prepend_does_not_end_the_chain(tmp_path: Path) -> None:
+    simple_plugin(tmp_path, "custom_hdr", "PREPEND X-Test: 1")
+    simple_plugin(tmp_path, "custom_hdr2", "PREPEND X-Test: 2")
+    simple_plugin(tmp_path, "custom_pass", None)
+    chain = make_chain(tmp_path, plugins=["custom_hdr", "custom_hdr2", "custom_pass"])
+    d = await chain.evaluate(RCPT)
+    assert (d.action.text, d.plugin) == ("PREPEND X-Test: 1", "custom_hdr")
+    simple_plugin(tmp_path, "custom_rej", "REJECT no")
+    chain = make_chain(tmp_path, plugins=["custom_hdr", "custom_rej"])
+    d = await chain.evaluate(RCPT)
+    assert (d.action.text, d.plugin) == ("REJECT no", "custom_rej")
+
+
+async def test_on_decision_sees_the_final_action(tmp_path: Path) -> None:
+    write_plugin(
+        tmp_path,
+        "custom_watch",
+        """
+        SEEN = []
+        class P(Plugin):
+            async def check(self, ctx):
+                ctx.on_decision(SEEN.append)
+                return None
+        """,
+    )
+    simple_plugin(tmp_path, "custom_rej", "REJECT no")
+    chain = make_chain(tmp_path, plugins=["custom_watch", "custom_rej"])
+    await chain.evaluate(RCPT)
+    import sys
+
+    seen = sys.modules["iredapd.plugins.custom_watch"].SEEN
+    assert [a.text for a in seen] == ["REJECT no"]
+
+
+async def test_a_plugin_that_answers_at_once_needs_no_timer(tmp_path: Path) -> None:
+    # answers without waiting: no deadline timer is armed (and none can fire)
+    simple_plugin(tmp_path, "custom_now", "REJECT now")
+    chain = make_chain(tmp_path, plugins=["custom_now"], PLUGIN_TIMEOUT=1e-9)
+    assert (await chain.evaluate(RCPT)).action.text == "REJECT now"
+    # one that waits gets its deadline
+    write_plugin(
+        tmp_path,
+        "custom_wait",
+        """
+        class P(Plugin):
+            async def check(self, ctx):
+                await asyncio.sleep(0)
+                await asyncio.sleep(0.5)
+                return "REJECT late"
+        """,
+    )
+    chain = make_chain(tmp_path, plugins=["custom_wait"], PLUGIN_TIMEOUT=0.05)
+    d = await chain.evaluate(RCPT, trace=True)
+    assert d.steps[0].outcome == "timeout"
+
+
+async def test_cancellation_reaches_a_waiting_plugin(tmp_path: Path) -> None:
+    write_plugin(
+        tmp_path,
+        "custom_cleanup",
+        """
+        CLEANED = []
+        class P(Plugin):
+            async def check(self, ctx):
+                try:
+                    await asyncio.sleep(10)
+                finally:
+                    CLEANED.append(True)
+        """,
+    )
+    chain = make_chain(tmp_path, plugins=["custom_cleanup"])
+    task = asyncio.create_task(chain.evaluate(RCPT))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    import sys
+
+    assert sys.modules["iredapd.plugins.custom_cleanup"].CLEANED == [True]
