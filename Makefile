@@ -13,7 +13,7 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,fast]'
 	@# python-ldap compiles against libldap/libsasl headers; without them the
 	@# LDAP tests skip (and fail in CI, where REQUIRE_ALL_BACKENDS=1).
 	-$(BIN)/pip install -q 'python-ldap>=3.4' 2>/dev/null || \

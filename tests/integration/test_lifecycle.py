@@ -293,3 +293,20 @@ def test_python_m_and_console_script_agree() -> None:
         pytest.skip("console script not installed in this environment")
     r = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60)
     assert r.stdout == run_cli("--version").stdout
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_both_event_loops_serve(tmp_path: Path, loop: str) -> None:
+    if loop == "uvloop":
+        pytest.importorskip("uvloop", reason="uvloop not installed (extra 'fast')")
+    with subprocess_daemon(tmp_path, f"EVENT_LOOP = {loop!r}\n") as d:
+
+        async def ask() -> str:
+            c = await PolicyClient.connect("127.0.0.1", d.port)
+            reply = await c.ask(RCPT_NULL)
+            await c.close()
+            return reply
+
+        assert asyncio.run(ask()) == "REJECT Policy rejection due to null sender"
+        d.signal(signal.SIGTERM)
+        assert d.wait() == 0
