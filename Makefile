@@ -24,7 +24,7 @@ venv: $(VENV)/.installed
 
 run: $(VENV)/.installed
 	mkdir -p $(DATA)
-	$(BIN)/iredapd --foreground -o data_dir=$(DATA) $(ARGS)
+	$(BIN)/iredapd --foreground -o DATA_DIR=$(DATA) $(ARGS)
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff format --check .

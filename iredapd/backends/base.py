@@ -63,6 +63,8 @@ class MailList:
     moderators: tuple[str, ...] = ()
     owners: tuple[str, ...] = ()
     extra: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: where the entry is (LDAP: its DN; '' elsewhere)
+    dn: str = ""
 
 
 @runtime_checkable

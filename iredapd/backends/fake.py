@@ -1,5 +1,9 @@
 """An in-memory account backend for tests, with the SQL backend's semantics.
 
+It answers exactly as :class:`iredapd.backends.sql.SQLAccounts` does on the
+same rows (``tests/support/accounts.py`` turns a FakeAccounts into those rows,
+or LDAP entries, and the contract suite runs on all of them).
+
 Fill a :class:`FakeAccounts` with domains, alias domains, users, aliases and
 lists; set ``down = True`` to make every lookup raise BackendUnavailable, as a
 stopped database would.  ``calls`` counts lookups per method (tests use it to
@@ -96,7 +100,9 @@ class FakeAccounts:
             return True
         if include_alias:
             target = self.domains.get(self.alias_domains.get(domain, ""))
-            return target is not None and target.active
+            return (
+                target is not None and target.active and (include_backupmx or not target.backupmx)
+            )
         return False
 
     async def alias_target_domain(self, domain: str) -> str | None:
@@ -116,6 +122,8 @@ class FakeAccounts:
     async def domain_names(self, domain: str) -> list[str]:
         """See AccountBackend."""
         self._ask("domain_names")
+        if not is_domain(domain):
+            return []
         primary = self.alias_domains.get(domain, domain)
         if primary not in self.domains:
             return []
@@ -129,12 +137,16 @@ class FakeAccounts:
         real_sender = sender
         sasl_user, _, sasl_domain = sasl_username.partition("@")
         sender_name, _, sender_domain = sender.partition("@")
-        if strictly:
-            owner = self.user_aliases.get(sender)
-            if owner is not None and (
+
+        def per_user_alias(address: str) -> bool:
+            owner = self.user_aliases.get(address)
+            return owner is not None and (
                 owner == sasl_username
                 or (owner.startswith(sasl_user + "+") and owner.endswith("@" + sasl_domain))
-            ):
+            )
+
+        if strictly:
+            if per_user_alias(sender):
                 return LoginMatch(True, reason="per-user alias address")
             if (
                 sender_domain != sasl_domain
@@ -143,6 +155,8 @@ class FakeAccounts:
                 real_sender = f"{sender_name}@{sasl_domain}"
                 if sender_name == sasl_user:
                     return LoginMatch(True, reason="same user at an alias domain")
+                if per_user_alias(real_sender):
+                    return LoginMatch(True, reason="per-user alias address at an alias domain")
         if list_member:
             alias = self.aliases.get(real_sender)
             if alias is not None and alias.active and sasl_username in alias.members:
@@ -194,11 +208,14 @@ class FakeAccounts:
         )
 
     async def password_last_change(self, username: str) -> dt.datetime | None:
-        """See AccountBackend."""
+        """See AccountBackend (a naive datetime in the data counts as UTC)."""
         self._ask("password_last_change")
         if username not in self.mailboxes:
             return None
-        return self.mailboxes[username] or EPOCH
+        changed = self.mailboxes[username]
+        if changed is None:
+            return EPOCH
+        return changed if changed.tzinfo is not None else changed.replace(tzinfo=dt.UTC)
 
     async def close(self) -> None:
         """Nothing to release."""

@@ -21,7 +21,13 @@ from sqlalchemy.engine import URL, Connection, Engine
 
 from iredapd.config import Settings
 
-__all__ = ["BackendUnavailable", "Database", "database_url", "open_database"]
+__all__ = [
+    "BackendUnavailable",
+    "Database",
+    "database_url",
+    "is_statement_error",
+    "open_database",
+]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -107,6 +113,41 @@ def create_engine(url: URL, settings: Settings) -> Engine:
     )
 
 
+# MySQL errors that are about the statement, not the server, although PyMySQL
+# reports them as OperationalError: 1267/1270/1271 "Illegal mix of collations"
+# (a 4-byte UTF-8 character compared with a utf8mb3 column, as in iRedMail's
+# vmail database), 1366 "Incorrect string value".  The caller sees the
+# SQLAlchemy error, never BackendUnavailable: a hostile value must not make a
+# healthy database look down.
+_MYSQL_STATEMENT_ERRORS = frozenset({1267, 1270, 1271, 1366})
+
+
+def _is_unavailable(e: sa.exc.DBAPIError) -> bool:
+    """True when ``e`` means the server did not answer (down, unreachable, refusing)."""
+    if not isinstance(e, sa.exc.OperationalError | sa.exc.InterfaceError):
+        return False
+    args = getattr(e.orig, "args", ())
+    code = args[0] if args else None
+    return not (isinstance(code, int) and code in _MYSQL_STATEMENT_ERRORS)
+
+
+def _is_read(stmt: sa.Executable) -> bool:
+    """True for a plain SELECT (safe to run twice)."""
+    return bool(getattr(stmt, "is_select", False))
+
+
+def is_statement_error(e: BaseException) -> bool:
+    """True for a MySQL error about a value the column cannot hold (see above).
+
+    Readers treat it as "no row can match": a column that cannot store the
+    value cannot contain it.
+    """
+    if not isinstance(e, sa.exc.DBAPIError):
+        return False
+    args: tuple[Any, ...] = getattr(e.orig, "args", ())
+    return bool(args) and args[0] in _MYSQL_STATEMENT_ERRORS
+
+
 class Database:
     """One database: a sync engine plus async helpers that run in the pool."""
 
@@ -120,21 +161,41 @@ class Database:
         """``sqlite``, ``mysql`` or ``postgresql``."""
         return self.engine.dialect.name
 
-    def _call(self, func: Callable[[Connection], T]) -> T:
-        try:
-            with self.engine.connect() as conn:
-                return func(conn)
-        except sa.exc.OperationalError as e:
-            # a server that is down, restarting or unreachable
-            raise BackendUnavailable(f"{self.name} database: {e.orig}") from e
-        except sa.exc.InterfaceError as e:
-            raise BackendUnavailable(f"{self.name} database: {e.orig}") from e
-        except sa.exc.TimeoutError as e:
-            raise BackendUnavailable(f"{self.name} database: connection pool timeout") from e
+    def _call(self, func: Callable[[Connection], T], retry: bool = False) -> T:
+        """Run ``func`` on a pooled connection; map "server not answering" errors.
 
-    async def run(self, func: Callable[[Connection], T]) -> T:
-        """Run ``func(connection)`` in the thread pool on an autocommit connection."""
-        result: T = await self._run_blocking(self._call, func)
+        With ``retry``, a statement that failed because its pooled connection
+        was dead (the server restarted since it was opened: SQLAlchemy sees a
+        disconnect and invalidates the pool) is run once more on a new
+        connection, so the first request after a restart does not fail.
+        Only idempotent reads may ask for it: a write that failed on a dead
+        connection may still have been applied, and a counter must not count
+        twice.
+        """
+        attempts = 2 if retry else 1
+        for attempt in range(attempts):
+            try:
+                with self.engine.connect() as conn:
+                    return func(conn)
+            except sa.exc.DBAPIError as e:
+                if attempt + 1 < attempts and e.connection_invalidated:
+                    log.info("%s database: connection lost (%s); retrying once", self.name, e.orig)
+                    continue
+                if _is_unavailable(e):
+                    # a server that is down, restarting or unreachable
+                    raise BackendUnavailable(f"{self.name} database: {e.orig}") from e
+                raise
+            except sa.exc.TimeoutError as e:
+                raise BackendUnavailable(f"{self.name} database: connection pool timeout") from e
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def run(self, func: Callable[[Connection], T], *, idempotent: bool = False) -> T:
+        """Run ``func(connection)`` in the thread pool on an autocommit connection.
+
+        ``idempotent=True`` (reads only): after a disconnect, run it once more
+        on a fresh connection instead of failing (see :meth:`_call`).
+        """
+        result: T = await self._run_blocking(self._call, func, idempotent)
         return result
 
     async def execute(self, stmt: sa.Executable) -> sa.CursorResult[Any]:
@@ -149,12 +210,12 @@ class Database:
         return await self.run(_do)
 
     async def fetchall(self, stmt: sa.Executable) -> Sequence[sa.Row[Any]]:
-        """Execute a SELECT and return all rows."""
-        return await self.run(lambda conn: conn.execute(stmt).fetchall())
+        """Execute a SELECT and return all rows (a SELECT is retried after a disconnect)."""
+        return await self.run(lambda conn: conn.execute(stmt).fetchall(), idempotent=_is_read(stmt))
 
     async def fetchone(self, stmt: sa.Executable) -> sa.Row[Any] | None:
-        """Execute a SELECT and return the first row or None."""
-        return await self.run(lambda conn: conn.execute(stmt).first())
+        """Execute a SELECT and return the first row or None (retried like fetchall)."""
+        return await self.run(lambda conn: conn.execute(stmt).first(), idempotent=_is_read(stmt))
 
     def create_schema(self) -> None:
         """Create missing tables and upgrade older iRedAPD ones (blocking; at startup)."""

@@ -8,5 +8,8 @@ register them for assertion rewriting first.
 import pytest
 
 pytest.register_assert_rewrite(
-    "tests.support.postfix", "tests.support.services", "tests.support.slapd"
+    "tests.support.postfix",
+    "tests.support.services",
+    "tests.support.slapd",
+    "tests.support.accounts",
 )
