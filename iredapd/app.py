@@ -123,6 +123,15 @@ def sd_notify(message: str) -> bool:
     return True
 
 
+def worker_ready() -> None:
+    """Tell the supervisor this worker listens (a byte on IREDAPD_READY_FD)."""
+    fd = os.environ.get("IREDAPD_READY_FD")
+    if fd and fd.isdigit():
+        with contextlib.suppress(OSError):
+            os.write(int(fd), b"R")
+            os.close(int(fd))
+
+
 def _write_pid_file(path: str) -> None:
     """Write the pid atomically (a pre-existing symlink is replaced, not followed)."""
     p = Path(path)
@@ -162,8 +171,11 @@ class Daemon:
         config: str | None = None,
         overrides: Mapping[str, Any] | None = None,
         foreground: bool = False,
+        worker: int = 0,
     ) -> None:
         self.loaded = loaded
+        #: 0: the only process; N >= 1: worker N under a supervisor (WORKERS > 1)
+        self.worker = worker
         self.config = config
         self.overrides = dict(overrides or {})
         self.foreground = foreground
@@ -220,7 +232,9 @@ class Daemon:
             settings.listen_port,
         )
         try:
-            await self.server.listen(settings.listen_address, settings.listen_port)
+            await self.server.listen(
+                settings.listen_address, settings.listen_port, reuse_port=self.worker > 0
+            )
         except OSError as e:
             log.error(
                 "cannot listen on %s:%d: %s",
@@ -241,20 +255,24 @@ class Daemon:
             await chain.close()
             await chain.services.close()
             return 71
-        if settings.pid_file:
-            _write_pid_file(settings.pid_file)
+        pid_file = settings.pid_file if not self.worker else ""  # the supervisor's
+        if pid_file:
+            _write_pid_file(pid_file)
         if user is not None:
             if settings.backend == "sqlite":
                 _chown_tree(Path(settings.DATA_DIR), user.pw_uid, user.pw_gid)
-            if settings.pid_file:
-                os.chown(settings.pid_file, user.pw_uid, user.pw_gid)
+            if pid_file:
+                os.chown(pid_file, user.pw_uid, user.pw_gid)
             _drop_privileges(user)
             log.info("running as user %s (group %s)", user.pw_name, grp.getgrgid(user.pw_gid)[0])
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stop_event.set)
         loop.add_signal_handler(signal.SIGINT, self.stop_event.set)
         loop.add_signal_handler(signal.SIGHUP, self._schedule_reload)
-        sd_notify("READY=1")
+        if self.worker:
+            worker_ready()
+        else:
+            sd_notify("READY=1")
         await self.stop_event.wait()
         sd_notify("STOPPING=1")
         log.info(
@@ -270,9 +288,9 @@ class Daemon:
         chain = self.handler.chain
         await chain.close()
         await chain.services.close()
-        if settings.pid_file:
+        if pid_file:
             with contextlib.suppress(OSError):
-                os.unlink(settings.pid_file)
+                os.unlink(pid_file)
         log.info("stopped after %d requests", self.handler.requests)
         return 0
 
@@ -300,7 +318,9 @@ class Daemon:
             server: LineServer[Request] = LineServer(
                 SRSService(name, pick), idle_timeout=settings.IDLE_TIMEOUT
             )
-            host, bound = await server.listen(settings.listen_address, port)
+            host, bound = await server.listen(
+                settings.listen_address, port, reuse_port=self.worker > 0
+            )
             self.srs_servers.append(server)
             log.info("Starting SRS %s channel, listening on %s:%d", label, host, bound)
 

@@ -189,6 +189,9 @@ class Settings:
     SHUTDOWN_GRACE: Seconds = _s(
         5.0, "on SIGTERM, time in-flight requests get to finish (s)", ours=True
     )
+    WORKERS: Annotated[int, _Positive()] = _s(
+        1, "processes serving the same ports (SO_REUSEPORT); 1 = no supervisor", ours=True
+    )
     EVENT_LOOP: Annotated[str, _Choice(("auto", "asyncio", "uvloop"))] = _s(
         "auto", "event loop: uvloop when installed (auto), or the stdlib's", ours=True
     )

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pprint import pformat
@@ -23,7 +25,7 @@ from iredapd.cli.common import (
     fail,
     overrides_from,
 )
-from iredapd.config import ConfigError, all_values, describe, non_default
+from iredapd.config import ConfigError, Settings, all_values, describe, non_default
 
 __all__ = ["main"]
 
@@ -86,6 +88,21 @@ def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     return factory
 
 
+def _supervise(settings: Settings, argv: list[str], args: argparse.Namespace) -> int:
+    """WORKERS > 1: run the workers under a supervisor process."""
+    from iredapd.logs import configure_logging
+    from iredapd.workers import Supervisor
+
+    try:
+        logsetup = configure_logging(settings, foreground=args.foreground)
+    except ConfigError as e:
+        return fail(PROG, str(e), EX_CONFIG)
+    try:
+        return asyncio.run(Supervisor(settings, argv, args.config).run())
+    finally:
+        logsetup.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``iredapd`` console script."""
     args = _parser().parse_args(argv)
@@ -106,7 +123,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         values = non_default(settings) if args.non_default else all_values(settings)
         _show(values, verbose=not args.non_default)
         return EX_OK
-    daemon = Daemon(loaded, config=args.config, overrides=overrides, foreground=args.foreground)
+    # Until the loop's own handlers are in place, a SIGHUP (an eager logrotate,
+    # a supervisor's reload) must not kill a daemon that is still starting.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    worker = os.environ.get("IREDAPD_WORKER", "")
+    if settings.WORKERS > 1 and not worker:
+        return _supervise(settings, list(sys.argv[1:] if argv is None else argv), args)
+    daemon = Daemon(
+        loaded,
+        config=args.config,
+        overrides=overrides,
+        foreground=args.foreground,
+        worker=int(worker) if worker.isdigit() else 0,
+    )
     try:
         with asyncio.Runner(loop_factory=loop_factory(settings.EVENT_LOOP)) as runner:
             return runner.run(daemon.run())

@@ -310,3 +310,49 @@ def test_both_event_loops_serve(tmp_path: Path, loop: str) -> None:
         assert asyncio.run(ask()) == "REJECT Policy rejection due to null sender"
         d.signal(signal.SIGTERM)
         assert d.wait() == 0
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(
+        ["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True, check=False
+    ).stdout
+    return [int(p) for p in out.split()]
+
+
+def test_workers_share_the_port_and_follow_signals(tmp_path: Path) -> None:
+    with subprocess_daemon(tmp_path, "WORKERS = 2\nplugins = ['reject_null_sender']\n") as d:
+        d.wait_log(r"2 workers listening on 127\.0\.0\.1 port \d+")
+        workers = _children(d.proc.pid)
+        assert len(workers) == 2
+
+        async def ask_many() -> list[str]:
+            clients = [await PolicyClient.connect("127.0.0.1", d.port) for _ in range(20)]
+            replies = [await c.ask(RCPT_NULL) for c in clients]
+            for c in clients:
+                await c.close()
+            return replies
+
+        assert set(asyncio.run(ask_many())) == {"REJECT Policy rejection due to null sender"}
+
+        # a worker that dies is replaced
+        os.kill(workers[0], signal.SIGKILL)
+        restarted = d.wait_log(
+            r"exited with status -9\n(?:.*\n)*.*worker \d started \(pid (\d+)\)\n"
+            r"(?:.*\n)*.*worker \d ready \(pid \1\)"
+        )
+        assert int(restarted.group(1)) not in workers
+        assert sorted(_children(d.proc.pid)) == sorted([workers[1], int(restarted.group(1))])
+
+        # SIGHUP: every worker reloads
+        d.settings_path.write_text(d.settings_path.read_text() + "plugins = []\n")
+        d.signal(signal.SIGHUP)
+        for _ in range(200):
+            if d.log().count("settings reloaded") >= 2:
+                break
+            asyncio.run(asyncio.sleep(0.05))
+        assert d.log().count("settings reloaded") == 2
+        assert set(asyncio.run(ask_many())) == {"DUNNO No enabled plugins"}
+
+        d.signal(signal.SIGTERM)
+        assert d.wait() == 0
+        assert _children(d.proc.pid) == []
