@@ -155,7 +155,17 @@ class Settings:
         "sqlite", "account backend: sqlite (embedded), mysql, pgsql or ldap"
     )
     plugins: tuple[str, ...] = _s(
-        ("reject_null_sender", "reject_to_hostname"), "enabled plugins (order by priority)"
+        # iRedAPD's sample settings.py
+        (
+            "reject_null_sender",
+            "wblist_rdns",
+            "reject_sender_login_mismatch",
+            "greylisting",
+            "throttle",
+            "amavisd_wblist",
+            "sql_alias_access_policy",
+        ),
+        "enabled plugins (order by priority)",
     )
     PLUGIN_PRIORITIES: Mapping[str, int] = _s({}, "priority overrides (larger runs first)")
     SYSLOG_SERVER: str = _s("/dev/log", "syslog socket path, or host for UDP")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -129,6 +130,9 @@ def _print_text(report: dict[str, Any]) -> None:
         if "ms" not in p:
             print(head + p["outcome"])
             continue
+        if p["outcome"] == "skipped":
+            print(head + f"skipped (runs at {', '.join(p['states'])})")
+            continue
         detail = p["action"] or ""
         if p["error"]:
             detail = f"{detail} ({p['error']})".strip()
@@ -183,10 +187,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PluginLoadError as e:
         return fail(PROG, str(e), EX_CONFIG)
     report = _report(loaded, request, decision, chain)
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        _print_text(report)
+    try:
+        if args.json:
+            print(json.dumps(report, indent=2))
+        else:
+            _print_text(report)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `iredapd-query ... | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return EX_OK
 
 

@@ -155,7 +155,10 @@ def test_unknown_run_as_user_is_a_startup_error(tmp_path: Path) -> None:
 
 def test_log_file_target_has_one_line_per_request(tmp_path: Path) -> None:
     log_file = tmp_path / "iredapd.log"
-    settings = f"LOG_TARGET = 'file'\nLOG_FILE = {str(log_file)!r}\nlog_level = 'info'\n"
+    settings = (
+        f"LOG_TARGET = 'file'\nLOG_FILE = {str(log_file)!r}\nlog_level = 'info'\n"
+        "plugins = ['reject_null_sender', 'reject_to_hostname']\n"
+    )
     data = tmp_path / "data"
     data.mkdir()
     (tmp_path / "s.py").write_text(
