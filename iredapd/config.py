@@ -205,7 +205,12 @@ class Settings:
     EVENT_LOOP: Annotated[str, _Choice(("auto", "asyncio", "uvloop"))] = _s(
         "auto", "event loop: uvloop when installed (auto), or the stdlib's", ours=True
     )
-    THREAD_POOL_SIZE: Count = _s(32, "threads for blocking backend calls", ours=True)
+    THREAD_POOL_SIZE: Count = _s(
+        20,
+        "threads for blocking backend calls (keep it at most SQL_CONNECTION_POOL_SIZE + "
+        "SQL_CONNECTION_MAX_OVERFLOW, or threads wait for connections)",
+        ours=True,
+    )
     CACHE_TTL: Annotated[float, _NonNegative()] = _s(
         60.0, "seconds lookups that rarely change are cached; 0 = off", ours=True
     )
