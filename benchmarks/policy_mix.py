@@ -7,6 +7,13 @@ every run and in every client process.  Presets live in :data:`PRESETS`; a
 JSON file may override any :class:`Mix` field::
 
     {"preset": "default", "outbound": 0.5, "states": {"RCPT": 60, "END-OF-MESSAGE": 40}}
+
+With ``accounts`` (a JSON file, see :class:`_AccountsWorld`; a relative path
+is read from the mix file's directory), senders, recipients, SASL logins and
+clients are drawn from real account data instead of generated names: the
+benchmark scenarios (``scenarios.py``) write one from the accounts they load
+into the databases, so that requests hit existing users, aliases and lists
+(and some addresses that do not exist).
 """
 
 from __future__ import annotations
@@ -103,6 +110,45 @@ class Mix:
     server_hostname: str = "mx.example.com"
     mail_version: str = "3.7.11"
     compatibility_level: str = "3.6"
+    # -- only with ``accounts`` (names from account data, see _AccountsWorld) --
+    #: JSON file of account data; empty: generated names (the fields above)
+    accounts: str = ""
+    #: inbound recipient kind -> weight: mailbox, per-user alias address, mail
+    #: alias, mlmmj list, address at a hosted domain that does not exist
+    inbound_recipients: tuple[tuple[str, float], ...] = (
+        ("user", 80.0),
+        ("user_alias", 5.0),
+        ("alias", 6.0),
+        ("list", 3.0),
+        ("unknown", 6.0),
+    )
+    #: recipient kind of authenticated mail -> weight (``external``: elsewhere)
+    outbound_recipients: tuple[tuple[str, float], ...] = (
+        ("external", 70.0),
+        ("user", 18.0),
+        ("alias", 7.0),
+        ("list", 3.0),
+        ("unknown", 2.0),
+    )
+    #: envelope sender of authenticated mail -> weight: the login itself, one of
+    #: its alias addresses, its name at an alias domain of its domain (all three
+    #: allowed), another user's address or an external one (login mismatch)
+    outbound_senders: tuple[tuple[str, float], ...] = (
+        ("login", 92.0),
+        ("user_alias", 3.0),
+        ("alias_domain", 2.0),
+        ("other_user", 2.0),
+        ("external", 1.0),
+    )
+    #: fraction of local addresses written at an alias domain of their domain
+    alias_domain_address: float = 0.1
+    #: fraction of inbound senders at a hosted domain (forged: no SMTP AUTH)
+    forged_sender: float = 0.01
+    #: fraction of inbound senders at the client's own domain (SPF can pass)
+    client_domain_sender: float = 0.7
+    #: fraction of authenticated mail to an alias or list sent by one of its
+    #: members, moderators or owners
+    member_sender: float = 0.5
 
     @classmethod
     def load(cls, spec: str) -> tuple[str, Mix]:
@@ -117,6 +163,8 @@ class Mix:
         data = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(data, dict):
             raise SystemExit(f"--mix: {spec}: expected a JSON object")
+        if data.get("accounts"):
+            data["accounts"] = str(path.parent / str(data["accounts"]))
         base = dict(PRESETS.get(str(data.pop("preset", "default")), {}))
         base.update(data)
         return path.name, cls._from_dict(base)
@@ -128,15 +176,21 @@ class Mix:
         if unknown:
             raise SystemExit(f"--mix: unknown keys {sorted(unknown)}; known: {sorted(fields)}")
         values = dict(data)
-        if "states" in values:
-            states = values["states"]
-            values["states"] = tuple((str(k), float(v)) for k, v in dict(states).items())
+        for name in _WEIGHTS:
+            if name in values:
+                weights = dict(values[name])
+                values[name] = tuple((str(k), float(v)) for k, v in weights.items())
         return cls(**values)
 
     def describe(self) -> dict[str, Any]:
         out = {name: getattr(self, name) for name in self.__dataclass_fields__}
-        out["states"] = dict(self.states)
+        for name in _WEIGHTS:
+            out[name] = dict(out[name])
         return out
+
+
+#: Mix fields that are weight tables (a JSON object in a mix file).
+_WEIGHTS = ("states", "inbound_recipients", "outbound_recipients", "outbound_senders")
 
 
 _FIRST = (
@@ -236,6 +290,219 @@ class _World:
         )
         return f"{user}@{rng.choice(self.external_domains)}"
 
+    def outbound(self, attrs: dict[str, str]) -> str:
+        """Client, SASL login and sender of authenticated mail; returns the recipient."""
+        rng, mix = self.rng, self.mix
+        address = rng.choice(self.submission_clients)
+        attrs["client_address"] = address
+        attrs["client_name"] = attrs["reverse_client_name"] = "unknown"
+        attrs["helo_name"] = rng.choice(("[192.168.1.10]", "laptop.lan", "DESKTOP-1A2B3C"))
+        attrs["server_port"] = rng.choice(("587", "587", "465"))
+        user = f"{self.local_user()}@{rng.choice(self.local_domains)}"
+        attrs["sasl_method"] = rng.choice(("PLAIN", "LOGIN"))
+        attrs["sasl_username"] = user
+        if rng.random() < mix.sasl_null_sender:
+            attrs["sender"] = ""
+        else:
+            attrs["sender"] = user if rng.random() < 0.95 else self.local_address()
+        return self.external_address() if rng.random() < 0.8 else self.local_address()
+
+    def inbound(self, attrs: dict[str, str]) -> str:
+        """Client and sender of mail from outside; returns the recipient."""
+        rng, mix = self.rng, self.mix
+        address, name, helo = rng.choice(self.clients)
+        attrs["client_address"] = address
+        attrs["client_name"] = name
+        # client_name is "unknown" when the PTR name is missing or does not
+        # resolve back to the address; reverse_client_name is the bare PTR name.
+        if name != "unknown" or rng.random() < 0.5:
+            attrs["reverse_client_name"] = name
+        else:
+            attrs["reverse_client_name"] = f"dynamic-{address.replace('.', '-')}.isp.example"
+        attrs["helo_name"] = helo
+        attrs["server_port"] = "25"
+        null = rng.random() < mix.null_sender
+        attrs["sender"] = "" if null else self.external_address()
+        return self.local_address()
+
+
+class _AccountsWorld(_World):
+    """Names drawn from account data (``Mix.accounts``), a JSON object::
+
+        {"domains": {"example.com": ["alias.example"], ...},   # hosted -> alias domains
+         "users": ["john.smith@example.com", ...],             # mailboxes
+         "user_aliases": {"js@example.com": "john.smith@example.com", ...},
+         "aliases": {"sales@example.com": {"policy": "membersonly",
+                     "members": [...], "moderators": [...]}, ...},
+         "maillists": {"news@example.com": {"policy": "domain",
+                       "moderators": [...], "owners": [...]}, ...},
+         "external_domains": ["mail1.example", ...],
+         "clients": [[address, client_name, reverse_client_name, helo, domain], ...],
+         "submission_clients": ["192.168.1.20", ...]}
+
+    Each client belongs to an external ``domain``: with
+    ``Mix.client_domain_sender`` its mail comes from that domain (whose SPF
+    record may list it).  Recipients and senders follow the ``Mix`` weight
+    tables; unknown recipients are plausible names that are not accounts.
+    """
+
+    def __init__(self, mix: Mix, rng: random.Random) -> None:
+        self.mix = mix
+        self.rng = rng
+        data = json.loads(Path(mix.accounts).read_text(encoding="utf-8"))
+        self.domains: dict[str, list[str]] = {k: list(v) for k, v in data["domains"].items()}
+        self.alias_of = {a: d for d, aliases in self.domains.items() for a in aliases}
+        self.local_domains = list(self.domains)
+        self.users: list[str] = list(data["users"])
+        self.user_aliases: dict[str, str] = dict(data.get("user_aliases", {}))
+        self.aliases_of: dict[str, list[str]] = {}
+        for alias, owner in self.user_aliases.items():
+            self.aliases_of.setdefault(owner, []).append(alias)
+        self.aliases: dict[str, dict[str, Any]] = dict(data.get("aliases", {}))
+        self.lists: dict[str, dict[str, Any]] = dict(data.get("maillists", {}))
+        self.alias_names = list(self.aliases)
+        self.list_names = list(self.lists)
+        self.user_alias_names = list(self.user_aliases)
+        self.external_domains = list(data["external_domains"])
+        self.account_clients = [tuple(c) for c in data["clients"]]
+        self.submission_clients = list(data["submission_clients"])
+        if not self.users or not self.account_clients or not self.external_domains:
+            raise SystemExit(f"accounts file {mix.accounts}: users, clients, domains needed")
+
+    @staticmethod
+    def _pick(rng: random.Random, weights: tuple[tuple[str, float], ...]) -> str:
+        names, values = zip(*weights, strict=True)
+        return str(rng.choices(names, values)[0])
+
+    def _written(self, address: str, *, extension: bool = False) -> str:
+        """``address`` as a sender writes it: maybe at an alias domain, with +tag."""
+        rng = self.rng
+        local, _, domain = address.partition("@")
+        aliases = self.domains.get(domain)
+        if aliases and rng.random() < self.mix.alias_domain_address:
+            domain = rng.choice(aliases)
+        if extension and rng.random() < self.mix.extension:
+            local += "+" + rng.choice(("news", "shop", "lists", "spam"))
+        return f"{local}@{domain}"
+
+    def _unknown(self) -> str:
+        rng = self.rng
+        local = rng.choice(
+            (
+                f"{rng.choice(_FIRST)}{rng.randint(1, 9999)}",
+                f"{rng.choice(_FIRST)}.{rng.choice(_LAST)}.x{rng.randint(1, 99)}",
+                rng.choice(("webmaster", "admin", "root", "billing", "hr", "office")),
+            )
+        )
+        return f"{local}@{rng.choice(self.local_domains)}"
+
+    def _local(self, kind: str) -> tuple[str, str]:
+        """(recipient as written, account it resolves to) of a local ``kind``."""
+        rng = self.rng
+        if kind == "user_alias" and self.user_alias_names:
+            address = rng.choice(self.user_alias_names)
+            return self._written(address, extension=True), address
+        if kind == "alias" and self.alias_names:
+            address = rng.choice(self.alias_names)
+            return self._written(address), address
+        if kind == "list" and self.list_names:
+            address = rng.choice(self.list_names)
+            return self._written(address), address
+        if kind == "unknown":
+            address = self._unknown()
+            return address, address
+        address = rng.choice(self.users)
+        if rng.random() < self.mix.to_hostname:
+            return f"{address.partition('@')[0]}@{self.mix.server_hostname}", address
+        return self._written(address, extension=True), address
+
+    def _senders_for(self, account: str) -> list[str]:
+        """Users allowed to send to the alias or list ``account`` (may be empty)."""
+        entry = self.aliases.get(account) or self.lists.get(account) or {}
+        people = [
+            *entry.get("members", ()),
+            *entry.get("moderators", ()),
+            *entry.get("owners", ()),
+        ]
+        users = set(self.users)
+        return [p for p in people if p in users]
+
+    def external_address(self, domain: str | None = None) -> str:
+        rng = self.rng
+        user = rng.choice(
+            (
+                f"{rng.choice(_FIRST)}",
+                f"{rng.choice(_FIRST)}.{rng.choice(_LAST)}",
+                f"info{rng.randint(0, 99)}",
+                f"bounce-{rng.getrandbits(40):x}",
+                "noreply",
+            )
+        )
+        return f"{user}@{domain or rng.choice(self.external_domains)}"
+
+    def outbound(self, attrs: dict[str, str]) -> str:
+        rng, mix = self.rng, self.mix
+        attrs["client_address"] = rng.choice(self.submission_clients)
+        attrs["client_name"] = attrs["reverse_client_name"] = "unknown"
+        attrs["helo_name"] = rng.choice(("[192.168.1.10]", "laptop.lan", "DESKTOP-1A2B3C"))
+        attrs["server_port"] = rng.choice(("587", "587", "465"))
+        kind = self._pick(rng, mix.outbound_recipients)
+        if kind == "external":
+            recipient, account = self.external_address(), ""
+        else:
+            recipient, account = self._local(kind)
+        login = rng.choice(self.users)
+        if kind in ("alias", "list") and rng.random() < mix.member_sender:
+            allowed = self._senders_for(account)
+            if allowed:
+                login = rng.choice(allowed)
+        attrs["sasl_method"] = rng.choice(("PLAIN", "LOGIN"))
+        attrs["sasl_username"] = login
+        if rng.random() < mix.sasl_null_sender:
+            attrs["sender"] = ""
+            return recipient
+        how = self._pick(rng, mix.outbound_senders)
+        sender = login
+        local, _, domain = login.partition("@")
+        if how == "user_alias" and self.aliases_of.get(login):
+            sender = rng.choice(self.aliases_of[login])
+        elif how == "alias_domain" and self.domains.get(domain):
+            sender = f"{local}@{rng.choice(self.domains[domain])}"
+        elif how == "other_user":
+            sender = rng.choice(self.users)
+        elif how == "external":
+            sender = self.external_address()
+        attrs["sender"] = sender
+        return recipient
+
+    def inbound(self, attrs: dict[str, str]) -> str:
+        rng, mix = self.rng, self.mix
+        address, name, reverse, helo, domain = rng.choice(self.account_clients)
+        attrs["client_address"] = address
+        attrs["client_name"] = name
+        attrs["reverse_client_name"] = reverse
+        attrs["helo_name"] = helo
+        attrs["server_port"] = "25"
+        recipient, account = self._local(self._pick(rng, mix.inbound_recipients))
+        if rng.random() < mix.null_sender:
+            attrs["sender"] = ""
+        elif rng.random() < mix.forged_sender:
+            attrs["sender"] = self._written(rng.choice(self.users))
+        elif account in self.aliases and rng.random() < mix.member_sender:
+            # A member of the alias who lives elsewhere (may send to it)
+            outside = [
+                m
+                for m in self.aliases[account].get("members", ())
+                if m.partition("@")[2] not in self.domains
+                and m.partition("@")[2] not in self.alias_of
+            ]
+            attrs["sender"] = rng.choice(outside) if outside else self.external_address(domain)
+        elif rng.random() < mix.client_domain_sender:
+            attrs["sender"] = self.external_address(domain)
+        else:
+            attrs["sender"] = self.external_address()
+        return recipient
+
 
 def _request(world: _World) -> dict[str, str]:
     """One request as Postfix would send it."""
@@ -259,35 +526,10 @@ def _request(world: _World) -> dict[str, str]:
     )
     attrs["instance"] = f"{pid:x}.{sec:x}.{usec:x}.{rng.randint(0, 3)}"
     if outbound:
-        address = rng.choice(world.submission_clients)
-        attrs["client_address"] = address
-        attrs["client_name"] = attrs["reverse_client_name"] = "unknown"
-        attrs["helo_name"] = rng.choice(("[192.168.1.10]", "laptop.lan", "DESKTOP-1A2B3C"))
-        attrs["server_port"] = rng.choice(("587", "587", "465"))
-        user = f"{world.local_user()}@{rng.choice(world.local_domains)}"
-        attrs["sasl_method"] = rng.choice(("PLAIN", "LOGIN"))
-        attrs["sasl_username"] = user
-        if rng.random() < mix.sasl_null_sender:
-            attrs["sender"] = ""
-        else:
-            attrs["sender"] = user if rng.random() < 0.95 else world.local_address()
-        recipient = world.external_address() if rng.random() < 0.8 else world.local_address()
+        recipient = world.outbound(attrs)
         tls: tuple[str, str, str] | None = _TLS[0]
     else:
-        address, name, helo = rng.choice(world.clients)
-        attrs["client_address"] = address
-        attrs["client_name"] = name
-        # client_name is "unknown" when the PTR name is missing or does not
-        # resolve back to the address; reverse_client_name is the bare PTR name.
-        if name != "unknown" or rng.random() < 0.5:
-            attrs["reverse_client_name"] = name
-        else:
-            attrs["reverse_client_name"] = f"dynamic-{address.replace('.', '-')}.isp.example"
-        attrs["helo_name"] = helo
-        attrs["server_port"] = "25"
-        null = rng.random() < mix.null_sender
-        attrs["sender"] = "" if null else world.external_address()
-        recipient = world.local_address()
+        recipient = world.inbound(attrs)
         tls = None if rng.random() < mix.plaintext else rng.choice(_TLS)
     if tls is not None:
         attrs["encryption_protocol"], attrs["encryption_cipher"], attrs["encryption_keysize"] = tls
@@ -342,5 +584,5 @@ def read_pool(path: str) -> list[bytes]:
 def build_pool(mix: Mix, seed: int) -> list[bytes]:
     """The pre-encoded requests, the same for every process given the same seed."""
     rng = random.Random(seed)
-    world = _World(mix, rng)
+    world = _AccountsWorld(mix, rng) if mix.accounts else _World(mix, rng)
     return [encode_request(_request(world)) for _ in range(mix.pool)]

@@ -15,15 +15,23 @@ SIGTERM (SIGKILL 5 s later) at the end.
     python benchmarks/run.py --rounds 10 --out results/2026-11-25
     python benchmarks/run.py --no-default-targets \\
         --target 'ceiling-copy=python3 benchmarks/ceiling.py --port {port}'
+    .venv/bin/python benchmarks/run.py --scenario access-mariadb,access-pgsql,access-ldap
+    .venv/bin/python benchmarks/run.py --scenario default-mariadb,default-pgsql
 
 A target command is split like a shell line (no shell runs it) and may use
 ``{port}``, ``{tmpdir}`` (a fresh directory per target), ``{repo}`` and
 ``{python}`` (this interpreter).
+
+``--scenario`` (see ``scenarios.py``, which needs the project's virtualenv)
+loads realistic account data into MariaDB, PostgreSQL or a throwaway slapd,
+runs the daemon with one of iRedAPD's plugin chains on it, and draws the
+requests from the same data; everything is dropped at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import math
@@ -80,6 +88,17 @@ class Target:
     exit_status: int | None = None
     #: True when stop() had to send SIGTERM (the exit status is its answer to it)
     terminated: bool = False
+    #: processes doing this target's backend work (database servers, slapd,
+    #: DNS): name -> pid; their CPU time is reported per request too
+    backend_pids: dict[str, int] = field(default_factory=dict)
+    #: scenario details for the report (scenarios.py), None for other targets
+    scenario: dict[str, Any] | None = None
+    #: send the whole request pool once before measuring (fills a warm cache)
+    prime: bool = False
+    #: WARNING/ERROR/... lines in the target's log (scan_log), and samples of them
+    log_counts: dict[str, int] = field(default_factory=dict)
+    log_samples: dict[str, str] = field(default_factory=dict)
+    log_sample_counts: dict[str, int] = field(default_factory=dict)
 
     def fill(self, template: str, *, quote: bool = False) -> str:
         """Replace the known placeholders only (settings files have braces of their own).
@@ -211,7 +230,7 @@ def cleanup(target: Target, keep: bool) -> None:
 
 
 def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU of a process and its live descendants (Linux /proc)."""
+    """User + system CPU of a process and its descendants, live or waited for (Linux /proc)."""
     proc = Path("/proc")
     if not proc.is_dir():
         return None
@@ -235,7 +254,9 @@ def cpu_seconds(pid: int) -> float | None:
         stat = stats.get(current)
         if stat is None:
             continue
-        total += (int(stat[11]) + int(stat[12])) / tick  # utime, stime
+        # utime, stime, and cutime, cstime: the CPU of children that exited and
+        # were waited for (PostgreSQL's backends of closed connections)
+        total += (int(stat[11]) + int(stat[12]) + int(stat[13]) + int(stat[14])) / tick
         todo.extend(children.get(current, []))
     return total
 
@@ -251,6 +272,16 @@ def machine_cpu() -> tuple[float, float] | None:
     values = [int(x) for x in first[1:9]]
     user, nice, system, _idle, _iowait, irq, softirq, steal = values
     return (user + nice + system + irq + softirq) / tick, steal / tick
+
+
+def _backend_cpu(target: Target) -> float | None:
+    """CPU seconds of the target's backend processes (with their children), or None."""
+    if not target.backend_pids:
+        return None
+    values = [cpu_seconds(pid) for pid in target.backend_pids.values()]
+    if any(v is None for v in values):
+        return None
+    return sum(v for v in values if v is not None)
 
 
 def _children_cpu() -> float:
@@ -289,6 +320,7 @@ def load(
         "--json",
     ]
     cpu_before = cpu_seconds(target.proc.pid)
+    backend_before = _backend_cpu(target)
     machine_before = machine_cpu()
     children_before = _children_cpu()
     t0 = time.monotonic()
@@ -299,23 +331,37 @@ def load(
         return {"fatal": [f"loadgen did not finish in {wall:.0f} s"], "errors": 1}
     elapsed = time.monotonic() - t0
     cpu_after = cpu_seconds(target.proc.pid)
+    backend_after = _backend_cpu(target)
     machine_after = machine_cpu()
     loadgen_cpu = _children_cpu() - children_before
     try:
         report: dict[str, Any] = json.loads(done.stdout)
     except json.JSONDecodeError:
         return {"fatal": [f"loadgen failed: {done.stderr.strip()[-500:]}"], "errors": 1}
+    # loadgen counts the requests *sent* in the measured window and divides by
+    # the time to the last reply; when the latency L approaches the window d
+    # (a slow server at many connections), that understates the rate by
+    # d / (d + L).  In a closed loop, requests are sent as fast as replies come
+    # back, so requests sent in the window / d is the steady-state rate.
+    report["loadgen_rps"] = report.get("rps")
+    report["window_s"] = duration
+    report["rps"] = round(report.get("requests", 0) / duration, 1) if duration > 0 else 0.0
     if cpu_before is not None and cpu_after is not None:
         # Includes the warmup requests: the CPU counters cannot tell them apart.
         report["server_cpu_s"] = round(cpu_after - cpu_before, 3)
         report["served"] = report["requests"] + report["warmup_requests"]
     report["loadgen_cpu_s"] = round(loadgen_cpu, 2)
+    backend = 0.0
+    if backend_before is not None and backend_after is not None:
+        backend = max(0.0, backend_after - backend_before)
+        report["backend_cpu_s"] = round(backend, 3)
     if machine_before is not None and machine_after is not None and cpu_before is not None:
         busy = machine_after[0] - machine_before[0]
         server = (cpu_after or 0.0) - cpu_before
         # CPU used by everything else on the machine (other people's jobs),
         # and stolen by the hypervisor, in cores, averaged over the run.
-        report["other_load_cores"] = round(max(0.0, busy - server - loadgen_cpu) / elapsed, 2)
+        other = busy - server - loadgen_cpu - backend
+        report["other_load_cores"] = round(max(0.0, other) / elapsed, 2)
         report["steal_cores"] = round((machine_after[1] - machine_before[1]) / elapsed, 2)
     if target.proc.poll() is not None:
         target.failure = f"exited with status {target.proc.returncode} during the run"
@@ -341,13 +387,13 @@ def _percentile_ms(buckets: dict[int, int], base: float, q: float) -> float | No
 def summarize(runs: list[dict[str, Any]], baseline: list[dict[str, Any]] | None) -> dict[str, Any]:
     """One cell of the table from its rounds.
 
-    req/s is all requests over all measured time; p50/p99 come from the summed
+    req/s is all requests over all measured windows; p50/p99 come from the summed
     histograms; "% of ceiling" is the median, over the rounds, of this target's
     req/s divided by the baseline's req/s in the same round.
     """
     ok = [r for r in runs if "rps" in r]
     requests = sum(r["requests"] for r in ok)
-    elapsed = sum(r["elapsed_s"] for r in ok)
+    elapsed = sum(r.get("window_s", r["elapsed_s"]) for r in ok)
     buckets: dict[int, int] = {}
     base = 1.02
     for run in ok:
@@ -364,6 +410,7 @@ def summarize(runs: list[dict[str, Any]], baseline: list[dict[str, Any]] | None)
             if other and other["rps"] > 0:
                 ratios.append(100.0 * run["rps"] / other["rps"])
     cpu = sum(r.get("server_cpu_s", 0.0) for r in ok)
+    backend_cpu = sum(r.get("backend_cpu_s", 0.0) for r in ok)
     served = sum(r.get("served", 0) for r in ok)
 
     def median_of(key: str) -> float | None:
@@ -382,6 +429,9 @@ def summarize(runs: list[dict[str, Any]], baseline: list[dict[str, Any]] | None)
         "max_ms": max((r["latency_ms"]["max"] for r in ok), default=None),
         "errors": sum(int(r.get("errors", 0)) for r in runs),
         "cpu_us": cpu / served * 1e6 if served and any("server_cpu_s" in r for r in ok) else None,
+        "backend_cpu_us": (
+            backend_cpu / served * 1e6 if served and any("backend_cpu_s" in r for r in ok) else None
+        ),
         "other_load_cores": median_of("other_load_cores"),
         "steal_cores": median_of("steal_cores"),
         "actions": _sum_actions(ok),
@@ -442,6 +492,19 @@ def _pct(cell: dict[str, Any]) -> str:
     return f"{pct:.1f} ({min(rounds):.0f}–{max(rounds):.0f})"
 
 
+def _replies(actions: dict[str, int]) -> str:
+    """``DUNNO 78%, 451 12%, REJECT 9.5%``: the share of each reply verb."""
+    total = sum(actions.values())
+    if not total:
+        return "-"
+    parts = []
+    for verb, count in sorted(actions.items(), key=lambda kv: -kv[1]):
+        share = 100.0 * count / total
+        text = f"{share:.0f}" if share >= 0.95 else f"{share:.1f}" if share >= 0.05 else "<0.1"
+        parts.append(f"{verb} {text}%")
+    return ", ".join(parts)
+
+
 def markdown(
     targets: list[Target],
     table: dict[tuple[str, int], dict[str, Any]],
@@ -450,9 +513,11 @@ def markdown(
 ) -> str:
     other = [c["other_load_cores"] for c in table.values() if c["other_load_cores"] is not None]
     steal = [c["steal_cores"] for c in table.values() if c["steal_cores"] is not None]
+    with_backends = any(t.backend_pids for t in targets)
     noise = (
         "- other load on the machine while measuring (CPU cores busy with other "
-        f"processes, median / max over the runs): {statistics.median(other):.2f} / "
+        f"processes{', not counting the backends' if with_backends else ''}, median / max "
+        f"over the runs): {statistics.median(other):.2f} / "
         f"{max(other):.2f}; hypervisor steal {statistics.median(steal):.2f} / {max(steal):.2f}"
         if other and steal
         else "- other load on the machine: not measured (no /proc)"
@@ -464,31 +529,44 @@ def markdown(
         f"- {env['date']}, revision `{env['revision']}`, {env['cpus']} CPUs, "
         f"Python {env['python']}, {env['platform']}, load average at start "
         f"{env['load_average']}",
-        f"- loadgen: mix `{args.mix}` (seed {args.seed}), {args.loadgen_processes} client "
+        f"- loadgen: mix `{getattr(args, 'mix_label', None) or args.mix}` (seed {args.seed}), "
+        f"{args.loadgen_processes} client "
         f"process(es); per target and connection count {args.duration:g} s measured in "
         f"{args.rounds} round(s) of {slice_s:g} s, targets interleaved within each round "
         f"(order rotated), {args.warmup:g} s warmup before the first round",
         f"- req/s: all rounds together; % of {args.baseline}: median over the rounds of "
         f"req/s / `{args.baseline}` req/s in the same round (min–max in brackets); "
         "p50/p99 over all requests; CPU µs/req: the server's own CPU per request",
-        noise,
-        "",
-        f"| target | connections | req/s | % of {args.baseline} | p50 ms | p99 ms | max ms "
-        "| errors | CPU µs/req |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    if with_backends:
+        out.append(
+            "- backend µs/req: CPU of the target's backend processes per request (the whole "
+            "MariaDB/PostgreSQL server, so other users' queries too; slapd; the stub DNS)"
+        )
+    out += [*getattr(args, "scenario_notes", []), noise, ""]
+    header = f"| target | connections | req/s | % of {args.baseline} | p50 ms | p99 ms | max ms "
+    header += "| errors | CPU µs/req |"
+    rule = "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    if with_backends:
+        header += " backend µs/req |"
+        rule += "---:|"
+    out += [header + " replies |", rule + "---|"]
     for connections in args.connections:
         for target in targets:
             cell = table.get((target.name, connections))
             if cell is None or cell["rps"] is None:
-                out.append(f"| {target.name} | {connections} | - | - | - | - | - | failed | - |")
+                row = f"| {target.name} | {connections} | - | - | - | - | - | failed | - |"
+                out.append(row + (" - |" if with_backends else "") + " - |")
                 continue
             pct = "100.0" if target.name == args.baseline else _pct(cell)
-            out.append(
+            row = (
                 f"| {target.name} | {connections} | {cell['rps']:.0f} | {pct} "
                 f"| {_fmt(cell['p50_ms'], 3)} | {_fmt(cell['p99_ms'], 3)} "
                 f"| {_fmt(cell['max_ms'], 1)} | {cell['errors']} | {_fmt(cell['cpu_us'], 1)} |"
             )
+            if with_backends:
+                row += f" {_fmt(cell.get('backend_cpu_us'), 1)} |"
+            out.append(row + f" {_replies(cell['actions'])} |")
     notes = []
     for target in targets:
         if target.failure:
@@ -502,9 +580,54 @@ def markdown(
                 unusual = {k: v for k, v in cell["actions"].items() if k != "DUNNO"}
                 if unusual and target.name == args.baseline:
                     notes.append(f"- `{target.name}` ({connections}) answered {unusual}")
+        notes.extend(_log_notes(target))
     if notes:
         out += ["", *notes]
     return "\n".join(out) + "\n"
+
+
+# Log lines of the daemon: "2026-11-26 01:00:44 WARNING message"
+_LOG_LEVELS = ("WARNING", "ERROR", "CRITICAL")
+
+
+def scan_log(target: Target) -> None:
+    """Count the WARNING/ERROR/CRITICAL lines and tracebacks of the target's output."""
+    if target.tmpdir is None:
+        return
+    counts: dict[str, int] = {}
+    samples: dict[str, int] = {}
+    for name in ("output.log", "iredapd.log"):
+        path = target.tmpdir / name
+        try:
+            handle = path.open(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        with handle:
+            for line in handle:
+                parts = line.split(" ", 3)
+                level = parts[2] if len(parts) == 4 else ""
+                if line.startswith("Traceback"):
+                    level = "Traceback"
+                elif level not in _LOG_LEVELS:
+                    continue
+                counts[level] = counts.get(level, 0) + 1
+                text = parts[3].strip() if level != "Traceback" else line.strip()
+                # one sample per kind of message: digits and [client] do not count
+                key = "".join("#" if c.isdigit() else c for c in text)[:120]
+                samples[key] = samples.get(key, 0) + 1
+                target.log_samples.setdefault(key, text[:300])
+    target.log_counts = counts
+    target.log_sample_counts = samples
+
+
+def _log_notes(target: Target) -> list[str]:
+    if not target.log_counts:
+        return []
+    counts = ", ".join(f"{n} {level}" for level, n in sorted(target.log_counts.items()))
+    notes = [f"- `{target.name}` log: {counts} line(s); most frequent:"]
+    top = sorted(target.log_sample_counts.items(), key=lambda kv: -kv[1])[:3]
+    notes += [f"  - {n}× `{target.log_samples[key]}`" for key, n in top]
+    return notes
 
 
 # --------------------------------------------------------------------------
@@ -540,9 +663,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="extra line for the daemon targets' settings.py, e.g. \"log_level = 'warning'\"",
     )
     p.add_argument(
+        "--scenario",
+        action="append",
+        default=[],
+        metavar="CHAIN-BACKEND[-cold|-warm],...",
+        help="daemon targets on loaded account data (scenarios.py): CHAIN access or default, "
+        "BACKEND mariadb, pgsql or ldap; e.g. access-mariadb,access-pgsql,access-ldap",
+    )
+    p.add_argument(
         "--no-default-targets",
         action="store_true",
-        help="only the ceiling and the targets given (implied by --target/--daemon-target)",
+        help="only the ceiling and the targets given (implied by --target/--daemon-target/"
+        "--scenario)",
     )
     p.add_argument("--baseline", default="ceiling", help="target the %% column refers to")
     p.add_argument(
@@ -570,7 +702,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=0.25,
         help="seconds of warmup before the later rounds (new connections)",
     )
-    p.add_argument("--mix", default="default", help="loadgen --mix (preset or JSON file)")
+    p.add_argument(
+        "--mix",
+        help="loadgen --mix (preset or JSON file); default: 'default', or with --scenario "
+        "the requests drawn from the scenario's accounts",
+    )
     p.add_argument("--seed", type=int, default=1, help="loadgen --seed")
     p.add_argument("--timeout", type=float, default=10.0, help="loadgen reply timeout (s)")
     p.add_argument("--loadgen-processes", type=int, default=1, help="loadgen --processes")
@@ -584,12 +720,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--rounds and --connections must be >= 1")
     if args.duration <= 0:
         p.error("--duration must be > 0")
+    args.scenario_specs = []
+    if args.scenario:
+        try:
+            from scenarios import parse_scenarios
+        except ImportError as exc:
+            p.error(f"--scenario needs the project's virtualenv (.venv/bin/python): {exc}")
+        args.scenario_specs = parse_scenarios(args.scenario)
     return args
 
 
 def build_targets(args: argparse.Namespace) -> list[Target]:
     targets = [ceiling_target()]
-    if not args.no_default_targets and not args.target and not args.daemon_target:
+    explicit = args.target or args.daemon_target or args.scenario_specs
+    if not args.no_default_targets and not explicit:
         targets += default_targets(args.setting)
     for spec in args.daemon_target:
         name, _, plugins = spec.partition("=")
@@ -601,11 +745,35 @@ def build_targets(args: argparse.Namespace) -> list[Target]:
             raise SystemExit(f"--target {spec!r}: expected NAME=COMMAND")
         targets.append(Target(name.strip(), command.strip()))
     names = [t.name for t in targets]
+    names += [name for spec in args.scenario_specs for name in spec.target_names]
     if len(set(names)) != len(names):
         raise SystemExit(f"target names must be unique: {names}")
     if args.baseline not in names:
         raise SystemExit(f"--baseline {args.baseline!r} is not a target: {names}")
     return targets
+
+
+def scenario_targets(prepared: Any, args: argparse.Namespace) -> list[Target]:
+    """Daemon targets for the scenarios.ScenarioTarget list of ``prepared``."""
+    targets = []
+    for spec in prepared.targets:
+        target = daemon_target(spec.name, spec.plugins, [*spec.settings, *args.setting])
+        target.backend_pids = dict(spec.backend_pids)
+        target.prime = spec.prime
+        target.scenario = {
+            "scenario": spec.scenario,
+            "chain": spec.chain,
+            "backend": spec.backend,
+            "cache": spec.cache,
+            "plugins": spec.plugins,
+        }
+        targets.append(target)
+    return targets
+
+
+def _interrupt(signum: int, _frame: Any) -> None:
+    """SIGTERM/SIGHUP: unwind like Ctrl-C, so targets stop and scenario data is dropped."""
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def write_pool(args: argparse.Namespace, workdir: Path) -> None:
@@ -615,11 +783,45 @@ def write_pool(args: argparse.Namespace, workdir: Path) -> None:
     subprocess.run([*argv, "--write-pool", str(args.pool_file)], check=True, timeout=120)
 
 
+PRIME_CONNECTIONS = 16
+#: most warmup a later round gets to reach the steady state (slow targets)
+MAX_SETTLE = 5.0
+
+
+def prime(targets: list[Target], args: argparse.Namespace) -> None:
+    """Send every request of the pool once to each target that asks for it.
+
+    A warm cache is then full: the first rounds of a slow target would
+    otherwise measure it filling up (the pool holds thousands of distinct
+    accounts, and a round sees only a few hundred requests).
+    """
+    requests = max(1, args.pool_file.read_bytes().count(b"\n\n"))
+    for target in targets:
+        if not target.prime or target.failure is not None or target.proc is None:
+            continue
+        argv = [sys.executable, str(LOADGEN), "--port", str(target.port), "--pool-file"]
+        argv += [str(args.pool_file), "--connections", str(PRIME_CONNECTIONS)]
+        argv += ["--requests", str(requests), "--timeout", str(args.timeout), "--json"]
+        t0 = time.monotonic()
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=900, check=False)
+            report = json.loads(done.stdout)
+        except (subprocess.TimeoutExpired, json.JSONDecodeError):
+            report = {"errors": "?"}
+        print(
+            f"  primed {target.name}: {requests} requests in {time.monotonic() - t0:.1f} s, "
+            f"{report.get('errors', '?')} errors",
+            file=sys.stderr,
+        )
+
+
 def measure(
     targets: list[Target], args: argparse.Namespace
 ) -> dict[tuple[str, int], list[dict[str, Any]]]:
     runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
     slice_s = args.duration / args.rounds
+    #: target -> (connections, mean latency in s) of its last round
+    latency: dict[str, tuple[int, float]] = {}
     for connections in args.connections:
         for rnd in range(args.rounds):
             live = [t for t in targets if t.failure is None]
@@ -630,8 +832,19 @@ def measure(
             shift = rnd % len(live)
             for target in live[shift:] + live[:shift]:
                 warmup = args.warmup if rnd == 0 else min(args.warmup, args.round_warmup)
+                # New connections: wait until the server is in its steady state,
+                # at least twice its latency in the last round (at the previous
+                # connection count, scaled: a saturated server's latency grows
+                # with the number of connections).
+                known = latency.get(target.name)
+                if known is not None:
+                    settle = 2 * known[1] * connections / known[0]
+                    warmup = max(warmup, min(MAX_SETTLE, settle))
                 report = load(target, connections, slice_s, warmup, args)
                 report["round"] = rnd
+                mean_ms = report.get("latency_ms", {}).get("mean")
+                if mean_ms:
+                    latency[target.name] = (connections, float(mean_ms) / 1000.0)
                 runs.setdefault((target.name, connections), []).append(report)
                 print(
                     f"  c={connections} round {rnd + 1}/{args.rounds} {target.name}: "
@@ -645,30 +858,54 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     targets = build_targets(args)
     env = environment()
-    cells = len(args.connections) * len(targets)
+    count = len(targets) + sum(len(spec.caches) for spec in args.scenario_specs)
+    cells = len(args.connections) * count
     eta = cells * (args.duration + args.warmup + args.rounds * (args.round_warmup + 0.6))
     print(
-        f"{len(targets)} targets x {len(args.connections)} connection counts, "
-        f"{args.rounds} rounds each: about {eta:.0f} s",
+        f"{count} targets x {len(args.connections)} connection counts, "
+        f"{args.rounds} rounds each: about {eta:.0f} s"
+        + (" (plus about 30 s to prepare the scenarios)" if args.scenario_specs else ""),
         file=sys.stderr,
     )
     runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
     workdir = Path(tempfile.mkdtemp(prefix="iredapd-bench-run-"))
     taken: set[int] = set()
+    args.scenario_notes = []
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    stack = contextlib.ExitStack()
     try:
+        if args.scenario_specs:
+            from scenarios import prepare
+
+            prepared = stack.enter_context(prepare(args.scenario_specs, workdir, seed=args.seed))
+            targets += scenario_targets(prepared, args)
+            args.scenario_notes = prepared.description
+            if args.mix is None:
+                args.mix, args.mix_label = str(prepared.mix_file), "scenario accounts"
+        if args.mix is None:
+            args.mix = "default"
         write_pool(args, workdir)
         for target in targets:
             start(target, taken)
+        prime(targets, args)
         runs = measure(targets, args)
     except KeyboardInterrupt:
         print("interrupted; stopping the targets", file=sys.stderr)
     finally:
-        for target in targets:
-            stop(target)
-            cleanup(target, args.keep)
-            if args.keep and target.tmpdir is not None:
-                print(f"target {target.name!r} files: {target.tmpdir}", file=sys.stderr)
-        shutil.rmtree(workdir, ignore_errors=True)
+        try:
+            for target in targets:
+                stop(target)
+                scan_log(target)
+                cleanup(target, args.keep)
+                if args.keep and target.tmpdir is not None:
+                    print(f"target {target.name!r} files: {target.tmpdir}", file=sys.stderr)
+        finally:
+            try:
+                stack.close()  # scenario databases, slapd, stub DNS (after the targets)
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
     baseline_name = args.baseline
     table = {
         key: summarize(value, runs.get((baseline_name, key[1]))) for key, value in runs.items()
@@ -696,7 +933,8 @@ def write_out(
     md_path, json_path = Path(f"{base}.md"), Path(f"{base}.json")
     base.parent.mkdir(parents=True, exist_ok=True)
     md_path.write_text(text, encoding="utf-8")
-    settings = {k: v for k, v in vars(args).items() if k != "pool_file"}
+    skip = ("pool_file", "scenario_specs")
+    settings = {k: v for k, v in vars(args).items() if k not in skip}
     data = {
         "environment": env,
         "settings": settings,
@@ -707,6 +945,13 @@ def write_out(
                 "failure": t.failure,
                 "exit_status": t.exit_status,
                 "stopped_by_sigterm": t.terminated,
+                "scenario": t.scenario,
+                "backend_pids": t.backend_pids,
+                "log_lines": t.log_counts,
+                "log_samples": [
+                    {"count": t.log_sample_counts[key], "text": text}
+                    for key, text in t.log_samples.items()
+                ],
             }
             for t in targets
         ],
