@@ -65,6 +65,17 @@ class Context:
     #: called with the final action once the chain has decided (see on_decision)
     decided_callbacks: list[Callable[[Action], None]] = field(default_factory=list)
 
+    @property
+    def authenticated_or_trusted(self) -> bool:
+        """True when the client logged in (SMTP AUTH) or is trusted (MYNETWORKS, localhost).
+
+        iRedAPD's checks of inbound mail let such clients pass.
+        """
+        request = self.request
+        return bool(request.sasl_username) or (
+            request.client_address in self.settings.trusted_networks
+        )
+
     def on_decision(self, callback: Callable[[Action], None]) -> None:
         """Call ``callback(final_action)`` when the chain has decided this request.
 

@@ -84,12 +84,10 @@ class Greylisting(Plugin):
         )
 
     async def check(self, ctx: Context) -> Action | None:
+        if ctx.authenticated_or_trusted:
+            return None  # outbound mail and trusted clients are never greylisted
         r = ctx.request
-        if r.sasl_username:
-            return None  # outbound mail is never greylisted
         client = r.client_address
-        if client in ctx.settings.trusted_networks:
-            return None
         if parse_ip(client) is None:
             log.debug("greylisting: client address %r is not an IP; skipped", client)
             return None

@@ -31,11 +31,9 @@ class RejectToHostname(Plugin):
 
     async def check(self, ctx: Context) -> Action | None:
         """iRedAPD's table: SMTP AUTH passes, trusted passes, hostname rejects."""
+        if ctx.authenticated_or_trusted:
+            return None
         request = ctx.request
-        if request.sasl_username:
-            return None
-        if request.client_address in ctx.settings.trusted_networks:
-            return None
         if request.recipient_domain == ctx.services.hostname and not request.recipient.startswith(
             ("srs0=", "srs1=")
         ):

@@ -38,7 +38,7 @@ import sqlalchemy as sa
 from iredapd.plugin import SMTP_ACTIONS, Action, Context, Plugin
 from iredapd.resolver import DNSStatus
 from iredapd.storage.schema import senderscore_cache
-from iredapd.storage.wblist import insert_ignore
+from iredapd.storage.upsert import insert_ignore
 
 log = logging.getLogger(__name__)
 
@@ -60,16 +60,14 @@ class SenderScore(Plugin):
 
     async def check(self, ctx: Context) -> Action | None:
         """iRedAPD's steps (core-and-stateful.md §12); the cache insert is race-free."""
+        if ctx.authenticated_or_trusted:
+            return None
         request = ctx.request
         ip = request.client_address
-        if request.sasl_username:
-            return None
         try:
             if not isinstance(ipaddress.ip_address(ip), ipaddress.IPv4Address):
                 return None
         except ValueError:
-            return None
-        if ip in ctx.settings.trusted_networks:
             return None
         db = ctx.services.iredapd_db
         if db is None:

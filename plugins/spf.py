@@ -409,11 +409,9 @@ class SPF(Plugin):
 
     async def check(self, ctx: Context) -> Action | None:
         """Check once per transaction; reject, defer, or add the header once."""
+        if ctx.authenticated_or_trusted:
+            return None
         request = ctx.request
-        if request.sasl_username:
-            return None
-        if request.client_address in ctx.settings.trusted_networks:
-            return None
         if parse_ip(request.client_address) is None:
             return None  # nothing to check (no client address given)
         key = (

@@ -354,30 +354,23 @@ class Throttle(Plugin):
             return None
         client = ctx.request.client_address
         info = throttle_info(winners)
-        w = winners.get("msg_size")
-        if w is not None and w.value > 0 and size > w.value:
-            log.info(
-                "[%s] %s throttle: %s -> msg_size %d > %d. %s",
-                client,
-                kind,
-                user,
-                size,
-                w.value,
-                info,
-            )
-            return Action.named("reject_msg_size_exceeded")
-        w = winners.get("max_rcpts")
-        if w is not None and w.value > 0 and rcpts > w.value:
-            log.info(
-                "[%s] %s throttle: %s -> max_rcpts %d > %d. %s",
-                client,
-                kind,
-                user,
-                rcpts,
-                w.value,
-                info,
-            )
-            return Action.named("reject_max_rcpts_exceeded")
+        for rule, value, reply in (
+            ("msg_size", size, "reject_msg_size_exceeded"),
+            ("max_rcpts", rcpts, "reject_max_rcpts_exceeded"),
+        ):
+            w = winners.get(rule)
+            if w is not None and w.value > 0 and value > w.value:
+                log.info(
+                    "[%s] %s throttle: %s -> %s %d > %d. %s",
+                    client,
+                    kind,
+                    user,
+                    rule,
+                    value,
+                    w.value,
+                    info,
+                )
+                return Action.named(reply)
         charges = charges_for(winners, user, client)
         if not charges:
             return None

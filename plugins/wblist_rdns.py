@@ -52,9 +52,7 @@ class WblistRdns(Plugin):
         name = request.reverse_client_name
         # An absent name (Postfix always sends one, "unknown" at worst) is
         # treated as iRedAPD does a missing attribute: no decision.
-        if request.sasl_username or not name or name == "unknown":
-            return None
-        if request.client_address in ctx.settings.trusted_networks:
+        if ctx.authenticated_or_trusted or not name or name == "unknown":
             return None
         db = ctx.services.iredapd_db
         if db is None:

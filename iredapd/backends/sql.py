@@ -318,22 +318,21 @@ class SQLAccounts:
 
     async def has_moderator(self, addresses: Sequence[str], sender: str) -> bool:
         """See AccountBackend (§8 step 7)."""
-        wanted = [a for a in addresses if _storable(a)]
-        if not wanted or not _storable(sender):
-            return False
-        stmt = sa.select(moderators.c.id).where(
-            moderators.c.address.in_(wanted), moderators.c.moderator == sender
-        )
-        return await self._read(lambda conn: _one(conn, stmt) is not None, False)
+        return await self._is_listed(moderators.c.moderator, addresses, sender)
 
     async def has_owner(self, addresses: Sequence[str], sender: str) -> bool:
         """See AccountBackend (§8 step 8)."""
+        return await self._is_listed(maillist_owners.c.owner, addresses, sender)
+
+    async def _is_listed(
+        self, column: sa.Column[Any], addresses: Sequence[str], sender: str
+    ) -> bool:
+        """Whether ``column`` holds ``sender`` in a row of one of ``addresses``."""
         wanted = [a for a in addresses if _storable(a)]
         if not wanted or not _storable(sender):
             return False
-        stmt = sa.select(maillist_owners.c.id).where(
-            maillist_owners.c.address.in_(wanted), maillist_owners.c.owner == sender
-        )
+        table = column.table
+        stmt = sa.select(table.c.id).where(table.c.address.in_(wanted), column == sender)
         return await self._read(lambda conn: _one(conn, stmt) is not None, False)
 
     # -- passwords -----------------------------------------------------------

@@ -29,27 +29,23 @@ import json
 import sys
 import uuid
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 
 from iredapd.addr import is_domain, is_email, strip_extension
-from iredapd.app import load_all
-from iredapd.chain import PluginLoadError
 from iredapd.cli.common import (
     EX_CONFIG,
     EX_OK,
-    EX_UNAVAILABLE,
     EX_USAGE,
     add_config_arguments,
+    database_engine,
+    database_error,
     fail,
-    overrides_from,
+    load_config,
+    transaction,
 )
-from iredapd.config import ConfigError, Settings
-from iredapd.storage.db import database_url
-from iredapd.storage.migrate import upgrade
 from iredapd.storage.schema import (
     alias,
     alias_domain,
@@ -65,6 +61,10 @@ __all__ = ["main"]
 
 PROG = "iredapd-accounts"
 EX_DATAERR = 65  # sysexits(3): the account exists already / does not exist
+NOT_FOR_LDAP = (
+    "backend = 'ldap': accounts live in the LDAP directory (use iRedAdmin or "
+    "ldapmodify); this tool manages the SQL vmail database"
+)
 
 POLICIES = (
     "public",
@@ -132,20 +132,6 @@ def _domain_of(address: str) -> str:
 
 
 # -- database ------------------------------------------------------------------
-
-
-def _engine(settings: Settings) -> Engine:
-    if settings.backend == "ldap":
-        raise ConfigError(
-            "backend = 'ldap': accounts live in the LDAP directory (use iRedAdmin or "
-            "ldapmodify); this tool manages the SQL vmail database"
-        )
-    url = database_url("vmail", settings)
-    if settings.backend == "sqlite" and url.database:
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
-    upgrade(engine, "vmail")  # creates the tables on SQLite only
-    return engine
 
 
 def _exists(conn: Connection, column: sa.Column[Any], value: str) -> bool:
@@ -553,16 +539,15 @@ def _print_rows(rows: list[dict[str, Any]], as_json: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``iredapd-accounts`` console script."""
     args = _parser().parse_args(argv)
+    loaded = load_config(PROG, args)
+    if loaded is None:
+        return EX_CONFIG
+    if loaded.settings.backend == "ldap":
+        return fail(PROG, NOT_FOR_LDAP, EX_CONFIG)
     try:
-        loaded = load_all(args.config, overrides_from(args))
-        engine = _engine(loaded.settings)
-    except (ConfigError, PluginLoadError) as e:
-        return fail(PROG, str(e), EX_CONFIG)
-    except sa.exc.OperationalError as e:
-        return fail(PROG, f"vmail database: {e.orig}", EX_UNAVAILABLE)
-    try:
-        with engine.begin() as conn:
-            result = args.func(conn, args)
+        # the tables are created on SQLite only (never in iRedMail's vmail)
+        with database_engine(loaded.settings, "vmail", create_tables=True) as engine:
+            result = transaction(engine, lambda conn: args.func(conn, args))
     except BadValue as e:
         return fail(PROG, str(e), EX_USAGE)
     except Refused as e:
@@ -570,11 +555,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except sa.exc.IntegrityError as e:
         return fail(PROG, f"refused by the database: {e.orig}", EX_DATAERR)
     except (sa.exc.OperationalError, sa.exc.InterfaceError) as e:
-        return fail(PROG, f"vmail database: {e.orig}", EX_UNAVAILABLE)
+        return database_error(PROG, "vmail", e)
     except sa.exc.ProgrammingError as e:  # no such table: not an iRedMail vmail database
         return fail(PROG, f"vmail database: {e.orig}", EX_CONFIG)
-    finally:
-        engine.dispose()
     if isinstance(result, list):
         _print_rows(result, args.json)
     else:

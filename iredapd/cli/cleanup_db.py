@@ -26,7 +26,6 @@ missing table: start the daemon once to create them), 78 bad settings.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -35,19 +34,16 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from iredapd.app import load_all
-from iredapd.chain import PluginLoadError
 from iredapd.cli.common import (
     EX_CONFIG,
     EX_OK,
-    EX_SOFTWARE,
-    EX_UNAVAILABLE,
     add_config_arguments,
-    fail,
-    overrides_from,
+    command_logger,
+    database_engine,
+    database_error,
+    load_config,
 )
-from iredapd.config import ConfigError, Settings
-from iredapd.storage.db import create_engine, database_url
+from iredapd.config import Settings
 from iredapd.storage.schema import (
     greylisting_tracking,
     senderscore_cache,
@@ -125,38 +121,21 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def command_logger(settings: Settings) -> logging.Logger:
-    """iRedAPD's tool output: bare messages on stdout at ``log_level``."""
-    logger = logging.getLogger("iredapd-cmd")
-    logger.propagate = False
-    logger.handlers[:] = []
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    logger.addHandler(handler)
-    logger.setLevel(settings.log_level.upper())
-    return logger
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point (``tools/cleanup_db.py``)."""
     args = _parser().parse_args(argv)
-    try:
-        settings = load_all(args.config, overrides_from(args)).settings
-    except (ConfigError, PluginLoadError) as e:
-        return fail(PROG, str(e), EX_CONFIG)
+    loaded = load_config(PROG, args)
+    if loaded is None:
+        return EX_CONFIG
+    settings = loaded.settings
     logger = command_logger(settings)
-    engine = create_engine(database_url("iredapd", settings), settings)
     now = int(time.time())
     try:
-        with engine.connect() as conn:
+        with database_engine(settings, "iredapd") as engine, engine.connect() as conn:
             for target in targets(settings, now):
                 cleanup_table(conn, target, settings.CLEANUP_QUERY_SIZE_LIMIT, logger.info)
-    except (sa.exc.OperationalError, sa.exc.InterfaceError) as e:
-        return fail(PROG, f"iredapd database: {e.orig}", EX_UNAVAILABLE)
     except sa.exc.DBAPIError as e:
-        return fail(PROG, f"iredapd database: {e.orig}", EX_SOFTWARE)
-    finally:
-        engine.dispose()
+        return database_error(PROG, "iredapd", e)
     return EX_OK
 
 

@@ -23,12 +23,15 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 
-from iredapd.app import load_all
-from iredapd.chain import PluginLoadError
-from iredapd.cli.cleanup_db import command_logger
-from iredapd.cli.common import EX_CONFIG, EX_OK, add_config_arguments, fail, overrides_from
-from iredapd.config import ConfigError
-from iredapd.storage.db import create_engine, database_url
+from iredapd.cli.common import (
+    EX_CONFIG,
+    EX_OK,
+    add_config_arguments,
+    command_logger,
+    database_engine,
+    is_unavailable,
+    load_config,
+)
 from iredapd.storage.schema import throttle
 from iredapd.storage.throttle import fix_priorities
 
@@ -54,14 +57,13 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point (``tools/fix_throttle_priority.py``)."""
     args = _parser().parse_args(argv)
-    try:
-        settings = load_all(args.config, overrides_from(args)).settings
-    except (ConfigError, PluginLoadError) as e:
-        return fail(PROG, str(e), EX_CONFIG)
+    loaded = load_config(PROG, args)
+    if loaded is None:
+        return EX_CONFIG
+    settings = loaded.settings
     logger = command_logger(settings)
-    engine = create_engine(database_url("iredapd", settings), settings)
     try:
-        with engine.connect() as conn:
+        with database_engine(settings, "iredapd") as engine, engine.connect() as conn:
             total = conn.execute(sa.select(sa.func.count(throttle.c.id))).scalar_one()
             if not total:
                 logger.info("No throttle settings, no need to fix. Skip.")
@@ -70,14 +72,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 logger.info(
                     "Fixed throttle priority: account=%s, priority: %d -> %d.", account, old, new
                 )
-    except (sa.exc.OperationalError, sa.exc.InterfaceError):
-        print("ERROR: Failed to connect to iredapd database.", file=sys.stderr)
-        return EX_NO_DATABASE
     except Exception as e:  # noqa: BLE001 - iRedAPD's catch-all: report and exit 255
+        if is_unavailable(e):
+            print("ERROR: Failed to connect to iredapd database.", file=sys.stderr)
+            return EX_NO_DATABASE
         print(f"ERROR: An error occurred: {e}", file=sys.stderr)
         return EX_ERROR
-    finally:
-        engine.dispose()
     return EX_OK
 
 

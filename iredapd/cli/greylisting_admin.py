@@ -30,24 +30,23 @@ from collections.abc import Sequence
 from typing import Final
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 
-from iredapd.app import load_all
-from iredapd.chain import PluginLoadError
 from iredapd.cli.common import (
     EX_CONFIG,
     EX_OK,
-    EX_UNAVAILABLE,
     add_config_arguments,
-    fail,
-    overrides_from,
+    database_engine,
+    database_error,
+    database_reason,
+    is_unavailable,
+    load_config,
+    parse_or_help,
 )
-from iredapd.config import ConfigError, Settings
 from iredapd.lookup import CATCHALL, AddressType, classify_address
 from iredapd.storage import greylisting as store
-from iredapd.storage.db import create_engine, database_url
 
-__all__ = ["OPERATIONS", "main", "open_iredapd_engine"]
+__all__ = ["OPERATIONS", "main"]
 
 PROG = "greylisting_admin.py"
 EX_INPUT: Final = 1  # iRedAPD's status for "<<< ERROR >>> ..."
@@ -103,16 +102,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def open_iredapd_engine(settings: Settings) -> Engine:
-    """An engine on the iredapd database; the embedded SQLite one is created if new."""
-    engine = create_engine(database_url("iredapd", settings), settings)
-    if settings.backend == "sqlite":
-        from iredapd.storage.migrate import upgrade
-
-        upgrade(engine, "iredapd")
-    return engine
-
-
 def _shown(value: str) -> str:
     return _ANYONE if value == CATCHALL else value
 
@@ -159,12 +148,9 @@ def _run(op: str, sender: str, rcpt: str, conn: Connection) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``tools/greylisting_admin.py``."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    parser = _parser()
-    if not argv:
-        parser.print_help()
+    args = parse_or_help(_parser(), argv)
+    if args is None:
         return EX_OK
-    args = parser.parse_args(argv)
     op = next((o for o in OPERATIONS if getattr(args, o)), None)
     if op is None:
         return _input_error("No valid operation specified. Exit.")
@@ -173,36 +159,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _input_error("Invalid sender address.")
     if "@" not in rcpt:
         return _input_error("Invalid recipient address.")
+    loaded = load_config(PROG, args)
+    if loaded is None:
+        return EX_CONFIG
     try:
-        loaded = load_all(args.config, overrides_from(args))
-    except (ConfigError, PluginLoadError) as e:
-        return fail(PROG, str(e), EX_CONFIG)
-    try:
-        engine = open_iredapd_engine(loaded.settings)
-    except sa.exc.SQLAlchemyError as e:
-        return fail(PROG, f"iredapd database: {_reason(e)}", EX_UNAVAILABLE)
-    try:
-        with engine.connect() as conn:
+        with (
+            database_engine(loaded.settings, "iredapd", create_tables=True) as engine,
+            engine.connect() as conn,
+        ):
             _run(op, sender, rcpt, conn)
     except store.InvalidInput as e:
         return _input_error(e.code)
-    except (sa.exc.OperationalError, sa.exc.InterfaceError) as e:
-        return fail(PROG, f"iredapd database: {_reason(e)}", EX_UNAVAILABLE)
     except sa.exc.SQLAlchemyError as e:
-        return _input_error(repr(_reason(e)))
-    finally:
-        engine.dispose()
+        if is_unavailable(e):
+            return database_error(PROG, "iredapd", e)
+        return _input_error(repr(database_reason(e)))
     return EX_OK
 
 
 def _input_error(text: str) -> int:
     print(f"<<< ERROR >>> {text}", file=sys.stderr)
     return EX_INPUT
-
-
-def _reason(e: sa.exc.SQLAlchemyError) -> str:
-    orig = getattr(e, "orig", None)
-    return str(orig if orig is not None else e).strip().splitlines()[0]
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from iredapd.app import Loaded, load_all
+from iredapd.app import Loaded
 from iredapd.chain import Chain, Decision, PluginLoadError
 from iredapd.cli.common import (
     EX_CONFIG,
@@ -29,9 +29,8 @@ from iredapd.cli.common import (
     EX_USAGE,
     add_config_arguments,
     fail,
-    overrides_from,
+    load_config,
 )
-from iredapd.config import ConfigError
 from iredapd.handler import PolicyHandler
 from iredapd.protocol import PolicyParser, ProtocolError, RawRequest
 from iredapd.request import PolicyRequest
@@ -176,10 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raw = _raw_from_text(sys.stdin.buffer.read())
     except ValueError as e:
         return fail(PROG, str(e), EX_USAGE)
-    try:
-        loaded = load_all(args.config, overrides_from(args))
-    except (ConfigError, PluginLoadError) as e:
-        return fail(PROG, str(e), EX_CONFIG)
+    loaded = load_config(PROG, args)
+    if loaded is None:
+        return EX_CONFIG
     try:
         decision, request, chain = asyncio.run(_run(loaded, raw, dry_run=args.dry_run))
     except BackendUnavailable as e:

@@ -18,21 +18,20 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from iredapd.app import load_all
-from iredapd.chain import PluginLoadError
 from iredapd.cli.common import (
     EX_CONFIG,
     EX_OK,
     EX_USAGE,
     add_config_arguments,
+    database_engine,
+    database_error,
     fail,
-    overrides_from,
+    load_config,
+    parse_or_help,
+    transaction,
 )
-from iredapd.cli.wblist_admin import database_error, open_engine, transaction
-from iredapd.config import ConfigError
-from iredapd.storage.db import BackendUnavailable
 from iredapd.storage.schema import senderscore_cache
-from iredapd.storage.wblist import upsert
+from iredapd.storage.upsert import upsert
 
 __all__ = ["WHITELIST_SCORE", "WHITELIST_TIME", "main", "whitelist"]
 
@@ -81,12 +80,9 @@ def _is_ip(value: str) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _parser()
-    if not argv:
-        parser.print_help()
+    args = parse_or_help(_parser(), argv, intermixed=True)
+    if args is None:
         return EX_OK
-    args = parser.parse_intermixed_args(argv)
     if not args.whitelist:
         return fail(PROG, "Invalid argument. (use -w IP [IP ...])", EX_USAGE)
     ips = list(dict.fromkeys(ip for ip in args.ips if _is_ip(ip)))
@@ -95,19 +91,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{PROG}: warning: skipped, not an IP address: {given}", file=sys.stderr)
     if not ips:
         return fail(PROG, "No valid IP address.", EX_USAGE)
+    loaded = load_config(PROG, args)
+    if loaded is None:
+        return EX_CONFIG
     try:
-        loaded = load_all(args.config, overrides_from(args))
-    except (ConfigError, PluginLoadError) as e:
-        return fail(PROG, str(e), EX_CONFIG)
-    engine = None
-    try:
-        engine = open_engine(loaded.settings, "iredapd")
-        transaction(engine, lambda conn: whitelist(conn, ips))
-    except (BackendUnavailable, sa.exc.DBAPIError) as e:
-        return database_error(PROG, "iredapd", e)
-    finally:
-        if engine is not None:
-            engine.dispose()
+        with database_engine(loaded.settings, "iredapd", create_tables=True) as engine:
+            transaction(engine, lambda conn: whitelist(conn, ips))
+    except sa.exc.DBAPIError as e:
+        return database_error(PROG, "iredapd", e, state=True)
     print(f"Whitelisted: {', '.join(ips)}")
     return EX_OK
 

@@ -38,18 +38,17 @@ from typing import Final
 import sqlalchemy as sa
 
 from iredapd.addr import is_domain
-from iredapd.app import load_all
-from iredapd.chain import PluginLoadError
 from iredapd.cli.common import (
     EX_CONFIG,
     EX_OK,
     EX_UNAVAILABLE,
     add_config_arguments,
+    database_engine,
+    database_error,
     fail,
-    overrides_from,
+    load_config,
 )
-from iredapd.cli.greylisting_admin import open_iredapd_engine
-from iredapd.config import ConfigError, Settings
+from iredapd.config import Settings
 from iredapd.resolver import MX, DNSAnswer, DNSSource, Resolver
 from iredapd.spf import spf_networks
 from iredapd.storage import greylisting as store
@@ -196,19 +195,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``tools/spf_to_greylist_whitelists.py``."""
     args = _parser().parse_args(argv)
     _setup_logging(args.debug)
-    try:
-        loaded = load_all(args.config, overrides_from(args))
-    except (ConfigError, PluginLoadError) as e:
-        return fail(PROG, str(e), EX_CONFIG)
+    loaded = load_config(PROG, args)
+    if loaded is None:
+        return EX_CONFIG
     settings = loaded.settings
     try:
-        engine = open_iredapd_engine(settings)
-        try:
+        with database_engine(settings, "iredapd", create_tables=True) as engine:
             return _main(args, settings, engine)
-        finally:
-            engine.dispose()
     except (sa.exc.OperationalError, sa.exc.InterfaceError) as e:
-        return fail(PROG, f"iredapd database: {getattr(e, 'orig', e)}", EX_UNAVAILABLE)
+        return database_error(PROG, "iredapd", e)
 
 
 def _main(args: argparse.Namespace, settings: Settings, engine: sa.Engine) -> int:

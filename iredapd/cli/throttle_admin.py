@@ -32,21 +32,17 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from iredapd.app import load_all
-from iredapd.chain import PluginLoadError
 from iredapd.cli.common import (
     EX_CONFIG,
     EX_OK,
-    EX_SOFTWARE,
-    EX_UNAVAILABLE,
     EX_USAGE,
     add_config_arguments,
+    database_engine,
+    database_error,
     fail,
-    overrides_from,
+    load_config,
 )
-from iredapd.config import ConfigError, Settings
 from iredapd.lookup import AddressType, account_priority, classify_address
-from iredapd.storage.db import create_engine, database_url
 from iredapd.storage.throttle import (
     KINDS,
     LIMITS,
@@ -309,22 +305,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         _check(args)
     except UsageError as e:
         return fail(PROG, str(e), EX_USAGE)
+    loaded = load_config(PROG, args)
+    if loaded is None:
+        return EX_CONFIG
+    settings = loaded.settings
     try:
-        settings: Settings = load_all(args.config, overrides_from(args)).settings
-    except (ConfigError, PluginLoadError) as e:
-        return fail(PROG, str(e), EX_CONFIG)
-    engine = create_engine(database_url("iredapd", settings), settings)
-    try:
-        with engine.connect() as conn:
+        with database_engine(settings, "iredapd") as engine, engine.connect() as conn:
             return _run(conn, args)
     except UsageError as e:
         return fail(PROG, str(e), EX_USAGE)
-    except (sa.exc.OperationalError, sa.exc.InterfaceError) as e:
-        return fail(PROG, f"iredapd database: {e.orig}", EX_UNAVAILABLE)
     except sa.exc.DBAPIError as e:
-        return fail(PROG, f"iredapd database: {e.orig}", EX_SOFTWARE)
-    finally:
-        engine.dispose()
+        return database_error(PROG, "iredapd", e)
 
 
 if __name__ == "__main__":

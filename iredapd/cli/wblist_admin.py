@@ -14,34 +14,29 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
-from contextlib import contextmanager
-from typing import Any, TypeVar
+from collections.abc import Sequence
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
-from iredapd.app import load_all
-from iredapd.chain import PluginLoadError
 from iredapd.cli.common import (
     EX_CONFIG,
     EX_OK,
-    EX_SOFTWARE,
-    EX_UNAVAILABLE,
     EX_USAGE,
     add_config_arguments,
+    database_engine,
+    database_error,
     fail,
-    overrides_from,
+    load_config,
+    parse_or_help,
+    transaction,
 )
-from iredapd.config import ConfigError, Settings
 from iredapd.lookup import classify_address
 from iredapd.storage import wblist
-from iredapd.storage.db import BackendUnavailable, create_engine, database_url
 
-__all__ = ["database_error", "main", "open_engine", "transaction"]
+__all__ = ["main"]
 
 PROG = "wblist_admin"
-T = TypeVar("T")
 
 DESCRIPTION = "Add, delete or show amavisd white/blacklists of a local account."
 EPILOG = """\
@@ -83,40 +78,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="show the list")
     p.add_argument("addresses", nargs="*", metavar="ADDRESS", help="senders (or recipients)")
     return p
-
-
-def open_engine(settings: Settings, name: str) -> Engine:
-    """An engine for database ``name``; on the embedded SQLite default, tables are created."""
-    engine = create_engine(database_url(name, settings), settings)
-    if settings.backend == "sqlite":
-        from iredapd.storage.migrate import upgrade
-
-        upgrade(engine, name)
-    return engine
-
-
-@contextmanager
-def _connection(engine: Engine) -> Any:
-    level = "SERIALIZABLE" if engine.dialect.name == "sqlite" else "READ COMMITTED"
-    with engine.connect().execution_options(isolation_level=level) as conn:
-        yield conn
-
-
-def transaction(engine: Engine, work: Callable[[Connection], T]) -> T:
-    """Run ``work(conn)`` in one transaction; BackendUnavailable when the server is down."""
-    try:
-        with _connection(engine) as conn, conn.begin():
-            return work(conn)
-    except (sa.exc.OperationalError, sa.exc.InterfaceError) as e:
-        raise BackendUnavailable(f"{engine.url.database} database: {e.orig}") from e
-
-
-def database_error(prog: str, name: str, exc: Exception) -> int:
-    """Report a database failure in one line; 69 when unreachable, 70 otherwise."""
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    if isinstance(exc, (BackendUnavailable, sa.exc.OperationalError, sa.exc.InterfaceError)):
-        return fail(prog, f"{name} database unavailable: {first}", EX_UNAVAILABLE)
-    return fail(prog, f"{name} database error: {first}", EX_SOFTWARE)
 
 
 def _choose(args: argparse.Namespace) -> tuple[str, str] | str:
@@ -196,12 +157,9 @@ def _run(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _parser()
-    if not argv:
-        parser.print_help()
+    args = parse_or_help(_parser(), argv, intermixed=True)
+    if args is None:
         return EX_OK
-    args = parser.parse_intermixed_args(argv)
     account = args.account.strip().lower()
     if "@" not in account or classify_address(account) is None:
         return fail(PROG, "<<< ERROR >>> Invalid account format.", EX_USAGE)
@@ -216,27 +174,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{PROG}: warning: skipped invalid address: {given}", file=sys.stderr)
     if action in ("add", "delete") and not addresses:
         return fail(PROG, f"--{action} needs at least one valid address", EX_USAGE)
-    try:
-        loaded = load_all(args.config, overrides_from(args))
-    except (ConfigError, PluginLoadError) as e:
-        return fail(PROG, str(e), EX_CONFIG)
+    loaded = load_config(PROG, args)
+    if loaded is None:
+        return EX_CONFIG
     print("* Establishing SQL connection.")
-    engine = None
     try:
-        engine = open_engine(loaded.settings, "amavisd")
-        _run(
-            engine,
-            account,
-            wb_type=wb_type,
-            action=action,
-            outbound=args.outbound,
-            addresses=addresses,
-        )
-    except (BackendUnavailable, sa.exc.DBAPIError) as e:
-        return database_error(PROG, "amavisd", e)
-    finally:
-        if engine is not None:
-            engine.dispose()
+        with database_engine(loaded.settings, "amavisd", create_tables=True) as engine:
+            _run(
+                engine,
+                account,
+                wb_type=wb_type,
+                action=action,
+                outbound=args.outbound,
+                addresses=addresses,
+            )
+    except sa.exc.DBAPIError as e:
+        return database_error(PROG, "amavisd", e, state=True)
     return EX_OK
 
 

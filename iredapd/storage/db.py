@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,8 +27,10 @@ __all__ = [
     "BackendUnavailable",
     "Database",
     "database_url",
+    "engine_for",
     "is_statement_error",
     "open_database",
+    "transaction",
 ]
 
 log = logging.getLogger(__name__)
@@ -241,8 +244,26 @@ class Database:
         self.engine.dispose()
 
 
+def engine_for(name: str, settings: Settings) -> Engine:
+    """The engine of database ``name`` from settings, ``<name>_db_use_ssl`` included.
+
+    No connection is made yet.
+    """
+    use_ssl = bool(settings.get(f"{name}_db_use_ssl"))
+    return create_engine(database_url(name, settings), settings, use_ssl=use_ssl)
+
+
 def open_database(name: str, settings: Settings, run_blocking: RunBlocking) -> Database:
     """The Database for ``name`` from settings (no connection is made yet)."""
-    url = database_url(name, settings)
-    use_ssl = bool(settings.get(f"{name}_db_use_ssl"))
-    return Database(name, create_engine(url, settings, use_ssl=use_ssl), run_blocking)
+    return Database(name, engine_for(name, settings), run_blocking)
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Connection]:
+    """A connection of ``engine`` in one transaction (the engines autocommit).
+
+    For the tools, where several statements must take effect together.
+    """
+    level = "SERIALIZABLE" if engine.dialect.name == "sqlite" else "READ COMMITTED"
+    with engine.execution_options(isolation_level=level).begin() as conn:
+        yield conn

@@ -27,15 +27,13 @@ from __future__ import annotations
 import functools
 import ipaddress
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Final
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql, postgresql, sqlite
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 
 from iredapd.addr import is_domain
 from iredapd.lookup import (
@@ -45,6 +43,7 @@ from iredapd.lookup import (
     classify_address,
     parse_ip,
 )
+from iredapd.storage.db import transaction
 from iredapd.storage.schema import (
     greylisting,
     greylisting_tracking,
@@ -52,6 +51,7 @@ from iredapd.storage.schema import (
     greylisting_whitelist_domains,
     greylisting_whitelists,
 )
+from iredapd.storage.upsert import insert_if_absent, upsert
 
 __all__ = [
     "AUTO_UPDATE_PREFIX",
@@ -69,7 +69,6 @@ __all__ = [
     "enable_greylisting",
     "first_matching_setting",
     "greylisting_settings",
-    "insert_ignore",
     "is_valid_sender",
     "list_settings",
     "list_whitelist_domains",
@@ -159,68 +158,6 @@ def _check_account(account: str) -> None:
 
 
 # ---------------------------------------------------------------------------
-# Dialect helpers
-# ---------------------------------------------------------------------------
-
-
-def insert_ignore(conn: Connection, table: sa.Table, values: Mapping[str, Any]) -> bool:
-    """Insert one row unless a unique key already holds it; True if inserted.
-
-    ``ON CONFLICT DO NOTHING`` on PostgreSQL and SQLite.  On MySQL/MariaDB
-    ``ON DUPLICATE KEY UPDATE id = id`` (not ``INSERT IGNORE``, which would
-    also turn a value the column cannot hold into a silently mangled row);
-    there the row count is 1 either way (SQLAlchemy's connections count
-    matched rows) and the new row's id tells an insert, 0 a duplicate, so
-    ``table`` needs an auto-increment ``id``.  One atomic statement: concurrent
-    callers create exactly one row and exactly one of them sees True.
-    """
-    name = conn.dialect.name
-    if name == "postgresql":
-        pg = postgresql.insert(table).values(**values).on_conflict_do_nothing()
-        return conn.execute(pg).rowcount == 1
-    if name == "sqlite":
-        lite = sqlite.insert(table).values(**values).on_conflict_do_nothing()
-        return conn.execute(lite).rowcount == 1
-    my = mysql.insert(table).values(**values).on_duplicate_key_update(id=table.c.id)
-    return bool(conn.execute(my).lastrowid)
-
-
-def _upsert(
-    conn: Connection, table: sa.Table, values: Mapping[str, Any], keys: Sequence[str]
-) -> None:
-    """Insert a row, or update the non-key columns of the one with the same ``keys``."""
-    name = conn.dialect.name
-    update = {k: v for k, v in values.items() if k not in keys}
-    stmt: sa.Executable
-    if name == "postgresql":
-        stmt = (
-            postgresql.insert(table)
-            .values(**values)
-            .on_conflict_do_update(index_elements=list(keys), set_=update)
-        )
-    elif name == "sqlite":
-        stmt = (
-            sqlite.insert(table)
-            .values(**values)
-            .on_conflict_do_update(index_elements=list(keys), set_=update)
-        )
-    else:
-        stmt = mysql.insert(table).values(**values).on_duplicate_key_update(**update)
-    conn.execute(stmt)
-
-
-@contextmanager
-def transaction(engine: Engine) -> Iterator[Connection]:
-    """A connection in one transaction (the daemon's engines autocommit).
-
-    Used by the tools where several statements must take effect together.
-    """
-    level = "SERIALIZABLE" if engine.dialect.name == "sqlite" else "READ COMMITTED"
-    with engine.execution_options(isolation_level=level).begin() as conn:
-        yield conn
-
-
-# ---------------------------------------------------------------------------
 # Settings (table ``greylisting``)
 # ---------------------------------------------------------------------------
 
@@ -300,19 +237,17 @@ def _set_greylisting(conn: Connection, account: str, sender: str, active: int) -
     _check_sender(sender)
     if "@" not in account or len(account) > _TEXT_WIDTH:
         raise InvalidInput("INVALID_ACCOUNT", account)
-    _upsert(
-        conn,
-        greylisting,
-        {
-            "account": account,
-            "priority": account_priority(account),
-            "sender": sender,
-            "sender_priority": account_priority(sender),
-            "comment": "",
-            "active": active,
-        },
-        ("account", "sender"),
-    )
+    keys = ("account", "sender")
+    values = {
+        "account": account,
+        "priority": account_priority(account),
+        "sender": sender,
+        "sender_priority": account_priority(sender),
+        "comment": "",
+        "active": active,
+    }
+    stmt = upsert(greylisting, conn.dialect.name, keys, [k for k in values if k not in keys])
+    conn.execute(stmt, values)
 
 
 def enable_greylisting(conn: Connection, account: str, sender: str) -> None:
@@ -391,7 +326,7 @@ def whitelist_match(
 def _insert_whitelist(
     conn: Connection, table: sa.Table, account: str, sender: str, comment: str
 ) -> bool:
-    return insert_ignore(conn, table, {"account": account, "sender": sender, "comment": comment})
+    return insert_if_absent(conn, table, {"account": account, "sender": sender, "comment": comment})
 
 
 def add_whitelist_sender(conn: Connection, account: str, sender: str, comment: str = "") -> bool:
@@ -422,7 +357,7 @@ def add_whitelist_domain(conn: Connection, domain: str) -> bool:
     """
     if not domain or len(domain) > _TEXT_WIDTH or not is_domain(domain):
         raise InvalidInput("INVALID_DOMAIN", domain)
-    return insert_ignore(conn, greylisting_whitelist_domains, {"domain": domain})
+    return insert_if_absent(conn, greylisting_whitelist_domains, {"domain": domain})
 
 
 def remove_whitelisted_domain(conn: Connection, domain: str) -> int:
@@ -489,7 +424,7 @@ def replace_spf_whitelist(conn: Connection, domain: str, senders: Sequence[str])
     added: list[str] = []
     track = greylisting_tracking.c
     for sender in senders:
-        if insert_ignore(
+        if insert_if_absent(
             conn,
             greylisting_whitelist_domain_spf,
             {"account": CATCHALL, "sender": sender, "comment": comment},
@@ -587,7 +522,7 @@ def track_triplet(
     for _ in range(_TRACK_ATTEMPTS):
         row = conn.execute(read).first()
         if row is None:
-            if dry_run or insert_ignore(
+            if dry_run or insert_if_absent(
                 conn,
                 greylisting_tracking,
                 {

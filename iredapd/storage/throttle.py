@@ -29,13 +29,11 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql as mysql_dialect
-from sqlalchemy.dialects import postgresql as pg_dialect
-from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection
 
 from iredapd.lookup import account_priority
 from iredapd.storage.schema import throttle, throttle_tracking
+from iredapd.storage.upsert import dialect_insert, insert_ignore
 
 __all__ = [
     "KINDS",
@@ -363,12 +361,6 @@ def _update_statement(check_msgs: bool, check_quota: bool) -> sa.Update:
     )
 
 
-def _insert(dialect: str) -> Callable[[sa.Table], Any]:
-    if dialect in ("mysql", "mariadb"):
-        return mysql_dialect.insert
-    return pg_dialect.insert if dialect == "postgresql" else sqlite_dialect.insert
-
-
 # A new row: the message counted, or (a placeholder) nothing yet.
 _ROW_VALUES = {
     "tid": _bp("tid"),
@@ -390,7 +382,7 @@ def _upsert_statement(dialect: str, check_msgs: bool, check_quota: bool) -> sa.I
     t = throttle_tracking.c
     where = _fits_clause(check_msgs, check_quota)
     # inline(): no RETURNING of the new id, which nothing here needs
-    stmt = _insert(dialect)(throttle_tracking).values(_ROW_VALUES).inline()
+    stmt = dialect_insert(throttle_tracking, dialect).values(_ROW_VALUES).inline()
     upsert: sa.Insert = stmt.on_conflict_do_update(
         index_elements=[t.tid, t.account],
         set_={
@@ -410,14 +402,14 @@ def _insert_ignore_statement(dialect: str) -> sa.Insert:
     """Insert a row unless (tid, account) exists.
 
     MySQL's INSERT IGNORE also skips a row it cannot insert for another
-    reason (a foreign key: the rule was deleted); callers check.
+    reason (a foreign key: the rule was deleted); callers check.  (Kept on
+    purpose, ``skip_errors``: the counting loops and claim_notification are
+    written around that skip and its row count.)
     """
-    stmt = _insert(dialect)(throttle_tracking).values(_ROW_VALUES).inline()
-    if dialect in ("mysql", "mariadb"):
-        ignore: sa.Insert = stmt.prefix_with("IGNORE")
-        return ignore
-    nothing: sa.Insert = stmt.on_conflict_do_nothing(index_elements=["tid", "account"])
-    return nothing
+    stmt = insert_ignore(
+        throttle_tracking, dialect, index_elements=["tid", "account"], skip_errors=True
+    )
+    return stmt.values(_ROW_VALUES).inline()
 
 
 def _insert_row(conn: Connection, charge: Charge, msgs: int, size: int, now: int) -> bool:

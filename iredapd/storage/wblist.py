@@ -46,11 +46,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from iredapd.lookup import MAILADDR_PRIORITIES, AddressType, cidr_prefix, classify_address
 from iredapd.storage.schema import mailaddr, outbound_wblist, users, wblist
+from iredapd.storage.upsert import insert_ignore, upsert
 
 __all__ = [
     "Deleted",
@@ -61,59 +61,15 @@ __all__ = [
     "delete_all_wblist",
     "delete_wblist",
     "hit_statement",
-    "insert_ignore",
     "normalise_addresses",
     "pick_hit",
-    "upsert",
     "user_id",
 ]
 
 WB_VALUES = ("W", "B")
-_MYSQL = ("mysql", "mariadb")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-# ---------------------------------------------------------------------------
-# Dialect helpers: idempotent INSERT and UPSERT
-# ---------------------------------------------------------------------------
-
-
-def _insert(table: sa.Table, dialect: str) -> Any:
-    if dialect in _MYSQL:
-        return mysql.insert(table)
-    if dialect == "postgresql":
-        return postgresql.insert(table)
-    if dialect == "sqlite":
-        return sqlite.insert(table)
-    raise ValueError(f"unsupported database dialect {dialect!r}")
-
-
-def insert_ignore(table: sa.Table, dialect: str) -> sa.Insert:
-    """An INSERT that does nothing when a unique key already holds the row.
-
-    PostgreSQL/SQLite: ``ON CONFLICT DO NOTHING``; MySQL: ``ON DUPLICATE KEY
-    UPDATE <pk> = <pk>`` (a no-op; unlike ``INSERT IGNORE`` it keeps strict-mode
-    errors such as a too long value).  Execute it with one or many parameter sets.
-    """
-    stmt = _insert(table, dialect)
-    if dialect in _MYSQL:
-        pk = next(iter(table.primary_key.columns))
-        result: sa.Insert = stmt.on_duplicate_key_update({pk.name: pk})
-        return result
-    return stmt.on_conflict_do_nothing()  # type: ignore[no-any-return]
-
-
-def upsert(table: sa.Table, dialect: str, keys: Sequence[str], update: Sequence[str]) -> sa.Insert:
-    """An INSERT that overwrites the ``update`` columns when ``keys`` already exist."""
-    stmt = _insert(table, dialect)
-    if dialect in _MYSQL:
-        result: sa.Insert = stmt.on_duplicate_key_update({c: stmt.inserted[c] for c in update})
-        return result
-    return stmt.on_conflict_do_update(  # type: ignore[no-any-return]
-        index_elements=list(keys), set_={c: stmt.excluded[c] for c in update}
-    )
 
 
 # ---------------------------------------------------------------------------
