@@ -16,6 +16,7 @@ import pytest
 from tests.support.daemon import REPO, PolicyClient, daemon_command, subprocess_daemon
 from tests.support.plugins import write_plugin
 from tests.support.requests import encode
+from tests.support.services import missing, require_module, require_root
 
 pytestmark = pytest.mark.integration
 
@@ -119,8 +120,8 @@ def test_pid_file_written_and_removed(tmp_path: Path) -> None:
     assert not pid_file.exists()
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
 def test_run_as_user_drops_privileges_after_binding(tmp_path: Path) -> None:
+    require_root("dropping privileges needs root")
     nobody = pwd.getpwnam("nobody")
     tmp_path.chmod(0o755)
     with subprocess_daemon(tmp_path, "run_as_user = 'nobody'\n") as d:
@@ -143,8 +144,7 @@ def test_run_as_user_drops_privileges_after_binding(tmp_path: Path) -> None:
 
 
 def test_unknown_run_as_user_is_a_startup_error(tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("run_as_user is only used as root")
+    require_root("run_as_user is only used as root")
     (tmp_path / "s.py").write_text(
         f"run_as_user = 'no-such-user-xyz'\nlisten_port = 0\nDATA_DIR = {str(tmp_path)!r}\n"
     )
@@ -293,7 +293,7 @@ def test_version() -> None:
 def test_python_m_and_console_script_agree() -> None:
     script = Path(sys.executable).parent / "iredapd"
     if not script.exists():
-        pytest.skip("console script not installed in this environment")
+        missing("console script iredapd not installed in this environment (make venv)")
     r = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60)
     assert r.stdout == run_cli("--version").stdout
 
@@ -301,7 +301,7 @@ def test_python_m_and_console_script_agree() -> None:
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_both_event_loops_serve(tmp_path: Path, loop: str) -> None:
     if loop == "uvloop":
-        pytest.importorskip("uvloop", reason="uvloop not installed (extra 'fast')")
+        require_module("uvloop", "uvloop not installed (extra 'fast', installed by make)")
     with subprocess_daemon(tmp_path, f"EVENT_LOOP = {loop!r}\n") as d:
 
         async def ask() -> str:

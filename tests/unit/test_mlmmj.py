@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import shutil
 import ssl
 import subprocess
 import time
@@ -26,6 +25,7 @@ import pytest
 from iredapd.config import default_settings
 from iredapd.mlmmj import MlmmjAdmin, subscriber_url_path
 from tests.conftest import TIMEOUT_SCALE
+from tests.support.services import require
 
 TOKEN = "s3cret-token"
 HEADER = "X-MLMMJADMIN-API-AUTH-TOKEN"
@@ -317,9 +317,7 @@ def test_url_path(base: str, expected: str) -> None:
 
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl is needed to make a test certificate")
+    openssl = require("openssl", "openssl is needed to make a test certificate")
     d = tmp_path_factory.mktemp("tls")
     cert, key = d / "cert.pem", d / "key.pem"
     subprocess.run(
