@@ -61,6 +61,7 @@ READY_DEADLINE = 30.0  # seconds for a target to accept connections
 STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 
 DAEMON_COMMAND = "{repo}/.venv/bin/iredapd --foreground --config {tmpdir}/settings.py"
+TREE_COMMAND = "{python} -m iredapd --foreground --config {tmpdir}/settings.py"
 DAEMON_SETTINGS = """\
 # Written by benchmarks/run.py for one benchmark target.
 listen_address = '127.0.0.1'
@@ -671,6 +672,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "BACKEND mariadb, pgsql or ldap; e.g. access-mariadb,access-pgsql,access-ldap",
     )
     p.add_argument(
+        "--tree",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="with --scenario: also run each scenario target with the daemon of another "
+        "source tree (e.g. an unpacked `git archive` of an older commit), named "
+        "'NAME <target>', on an iredapd database of its own: before/after in one run",
+    )
+    p.add_argument(
         "--no-default-targets",
         action="store_true",
         help="only the ceiling and the targets given (implied by --target/--daemon-target/"
@@ -727,6 +737,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         except ImportError as exc:
             p.error(f"--scenario needs the project's virtualenv (.venv/bin/python): {exc}")
         args.scenario_specs = parse_scenarios(args.scenario)
+    args.trees = {}
+    for spec in args.tree:
+        name, sep, directory = spec.partition("=")
+        if not sep or not name.strip() or not (Path(directory) / "iredapd").is_dir():
+            p.error(f"--tree {spec!r}: expected NAME=DIR, DIR a source tree with iredapd/")
+        args.trees[name.strip()] = str(Path(directory).resolve())
+    if args.trees and not args.scenario_specs:
+        p.error("--tree needs --scenario")
     return args
 
 
@@ -745,7 +763,12 @@ def build_targets(args: argparse.Namespace) -> list[Target]:
             raise SystemExit(f"--target {spec!r}: expected NAME=COMMAND")
         targets.append(Target(name.strip(), command.strip()))
     names = [t.name for t in targets]
-    names += [name for spec in args.scenario_specs for name in spec.target_names]
+    names += [
+        f"{copy} {name}" if copy else name
+        for spec in args.scenario_specs
+        for name in spec.target_names
+        for copy in ("", *args.trees)
+    ]
     if len(set(names)) != len(names):
         raise SystemExit(f"target names must be unique: {names}")
     if args.baseline not in names:
@@ -758,6 +781,10 @@ def scenario_targets(prepared: Any, args: argparse.Namespace) -> list[Target]:
     targets = []
     for spec in prepared.targets:
         target = daemon_target(spec.name, spec.plugins, [*spec.settings, *args.setting])
+        if spec.copy:
+            # the other tree's package first on the path (its plugins/ come with it)
+            tree = shlex.quote(args.trees[spec.copy])
+            target.command = f"env PYTHONPATH={tree} {TREE_COMMAND}"
         target.backend_pids = dict(spec.backend_pids)
         target.prime = spec.prime
         target.scenario = {
@@ -858,7 +885,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     targets = build_targets(args)
     env = environment()
-    count = len(targets) + sum(len(spec.caches) for spec in args.scenario_specs)
+    count = len(targets) + sum(len(spec.caches) for spec in args.scenario_specs) * (
+        1 + len(args.trees)
+    )
     cells = len(args.connections) * count
     eta = cells * (args.duration + args.warmup + args.rounds * (args.round_warmup + 0.6))
     print(
@@ -877,7 +906,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.scenario_specs:
             from scenarios import prepare
 
-            prepared = stack.enter_context(prepare(args.scenario_specs, workdir, seed=args.seed))
+            prepared = stack.enter_context(
+                prepare(args.scenario_specs, workdir, seed=args.seed, copies=list(args.trees))
+            )
             targets += scenario_targets(prepared, args)
             args.scenario_notes = prepared.description
             if args.mix is None:

@@ -61,7 +61,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -746,6 +746,8 @@ class ScenarioTarget:
     backend_pids: dict[str, int]
     #: send the whole request pool once before measuring (warm cache)
     prime: bool = False
+    #: the ``copies`` name this target is for ("": the checkout's daemon)
+    copy: str = ""
 
 
 @dataclass
@@ -771,9 +773,19 @@ def _db_settings(prefix: str, url: URL, kind: str) -> list[str]:
 
 @contextlib.contextmanager
 def prepare(
-    specs: list[ScenarioSpec], workdir: Path, *, seed: int = 1, log: Any = None
+    specs: list[ScenarioSpec],
+    workdir: Path,
+    *,
+    seed: int = 1,
+    log: Any = None,
+    copies: Sequence[str] = (),
 ) -> Iterator[Prepared]:
-    """Load the data for ``specs``, start slapd and the stub DNS; undo it all on exit."""
+    """Load the data for ``specs``, start slapd and the stub DNS; undo it all on exit.
+
+    ``copies``: for each name, one more target per scenario target, named
+    ``<name> <target>``, with an iredapd database of its own (the same data):
+    the same scenario for another build of the daemon, side by side.
+    """
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     t0 = time.monotonic()
     data = build_dataset(seed)
@@ -818,49 +830,52 @@ def prepare(
             if ldap[0].pid is not None:
                 pids["slapd"] = ldap[0].pid
         targets: list[ScenarioTarget] = []
-        for spec in specs:
+        variants = [(spec, cache, copy) for spec in specs for cache in spec.caches
+                    for copy in ("", *copies)]  # fmt: skip
+        for spec, cache, copy in variants:
             kind = "mariadb" if spec.backend == "ldap" else spec.backend
-            for cache in spec.caches:
-                index = len(targets)
-                say(f"scenarios: iredapd database for {spec.target_name(cache)} ...")
-                iredapd = stack.enter_context(bench_database(kind, f"t{index}_iredapd", run_id))
-                load_iredapd(iredapd, data)
-                lines = [f"backend = {'mysql' if kind == 'mariadb' else 'pgsql'!r}"]
-                if spec.backend == "ldap":
-                    server, basedn = ldap or (None, "")
-                    assert server is not None
-                    lines = [
-                        "backend = 'ldap'",
-                        f"ldap_uri = {server.uri!r}",
-                        f"ldap_basedn = {basedn!r}",
-                        f"ldap_binddn = {server.binddn!r}",
-                        f"ldap_bindpw = {server.bindpw!r}",
-                    ]
-                else:
-                    lines += _db_settings("vmail", shared[kind]["vmail"], kind)
-                if "amavisd" in shared[kind]:
-                    lines += _db_settings("amavisd", shared[kind]["amavisd"], kind)
-                lines += _db_settings("iredapd", iredapd, kind)
-                lines += [
-                    f"CACHE_TTL = {CACHE_TTLS[cache]}",
-                    "DNS_NAMESERVERS = ['127.0.0.1']",
-                    f"DNS_PORT = {dns_port}",
-                    f"SERVER_HOSTNAME = {SERVER_HOSTNAME!r}",
+            index = len(targets)
+            name = f"{copy} {spec.target_name(cache)}" if copy else spec.target_name(cache)
+            say(f"scenarios: iredapd database for {name} ...")
+            iredapd = stack.enter_context(bench_database(kind, f"t{index}_iredapd", run_id))
+            load_iredapd(iredapd, data)
+            lines = [f"backend = {'mysql' if kind == 'mariadb' else 'pgsql'!r}"]
+            if spec.backend == "ldap":
+                server, basedn = ldap or (None, "")
+                assert server is not None
+                lines = [
+                    "backend = 'ldap'",
+                    f"ldap_uri = {server.uri!r}",
+                    f"ldap_basedn = {basedn!r}",
+                    f"ldap_binddn = {server.binddn!r}",
+                    f"ldap_bindpw = {server.bindpw!r}",
                 ]
-                used = {"stub DNS", kind} | ({"slapd"} if spec.backend == "ldap" else set())
-                targets.append(
-                    ScenarioTarget(
-                        name=spec.target_name(cache),
-                        scenario=spec.name,
-                        chain=spec.chain,
-                        backend=spec.backend,
-                        cache=cache,
-                        plugins=list(CHAINS[spec.chain]),
-                        settings=lines,
-                        backend_pids={k: v for k, v in pids.items() if k in used},
-                        prime=CACHE_TTLS[cache] > 0,
-                    )
+            else:
+                lines += _db_settings("vmail", shared[kind]["vmail"], kind)
+            if "amavisd" in shared[kind]:
+                lines += _db_settings("amavisd", shared[kind]["amavisd"], kind)
+            lines += _db_settings("iredapd", iredapd, kind)
+            lines += [
+                f"CACHE_TTL = {CACHE_TTLS[cache]}",
+                "DNS_NAMESERVERS = ['127.0.0.1']",
+                f"DNS_PORT = {dns_port}",
+                f"SERVER_HOSTNAME = {SERVER_HOSTNAME!r}",
+            ]
+            used = {"stub DNS", kind} | ({"slapd"} if spec.backend == "ldap" else set())
+            targets.append(
+                ScenarioTarget(
+                    name=name,
+                    scenario=spec.name,
+                    chain=spec.chain,
+                    backend=spec.backend,
+                    cache=cache,
+                    plugins=list(CHAINS[spec.chain]),
+                    settings=lines,
+                    backend_pids={k: v for k, v in pids.items() if k in used},
+                    prime=CACHE_TTLS[cache] > 0,
+                    copy=copy,
                 )
+            )
         seconds = time.monotonic() - t0
         say(f"scenarios: ready in {seconds:.1f} s")
         counts = ", ".join(f"{v} {k}" for k, v in data.counts.items())

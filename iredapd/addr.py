@@ -9,6 +9,7 @@ stops at 15, so IDN TLDs such as ``xn--vermgensberatung-pwb`` stay valid.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 
@@ -30,6 +31,12 @@ _DOMAIN_RE = re.compile(r"[\w\-][\w\-.]*\.[A-Za-z0-9\-]{2,63}", re.IGNORECASE | 
 _TLD_RE = re.compile(r"[a-z0-9\-]{2,25}", re.IGNORECASE)
 
 
+# Answers of is_email / is_domain kept: the same addresses are checked by
+# the request parser and by several plugins.
+_CHECKED = 16384
+
+
+@functools.lru_cache(maxsize=_CHECKED)
 def is_email(value: str) -> bool:
     """True if ``value`` (stripped) is an e-mail address in iRedAPD's sense."""
     # Anchored at both ends, the pattern itself leaves out iRedAPD's forbidden
@@ -37,6 +44,7 @@ def is_email(value: str) -> bool:
     return _EMAIL_RE.fullmatch(value.strip()) is not None
 
 
+@functools.lru_cache(maxsize=_CHECKED)
 def is_domain(value: str) -> bool:
     """True if ``value`` looks like a domain name (needs a dot, no IP literals)."""
     s = value.strip()

@@ -44,6 +44,7 @@ __all__ = [
     "builtin_plugin_dir",
     "discover_plugins",
     "plugin_search_path",
+    "within",
 ]
 
 log = logging.getLogger(__name__)
@@ -364,7 +365,7 @@ class Chain:
         e.stats.calls += 1
         started = time.perf_counter()
         try:
-            result = await _bounded(e.plugin.check(ctx), budget)
+            result = await within(e.plugin.check(ctx), budget)
             action = _as_action(result)
         except TimeoutError:
             elapsed = time.perf_counter() - started
@@ -432,12 +433,13 @@ class _Resume:
                     return stop.value
 
 
-async def _bounded(coro: Coroutine[Any, Any, Any], budget: float) -> Any:
-    """Await ``coro`` within ``budget`` seconds.
+async def within(coro: Coroutine[Any, Any, Any], budget: float) -> Any:
+    """Await ``coro`` within ``budget`` seconds (TimeoutError after that).
 
     The first step runs at once: a plugin that answers without waiting (pure
     logic, a cached lookup) needs no timer, and arming one costs more than most
-    such plugins.  Only a plugin that waits gets the deadline.
+    such plugins.  Only a plugin that waits gets the deadline.  Plugins may
+    use it for a deadline of their own (greylisting's SPF check).
     """
     try:
         first = coro.send(None)

@@ -206,9 +206,10 @@ class Settings:
         "auto", "event loop: uvloop when installed (auto), or the stdlib's", ours=True
     )
     THREAD_POOL_SIZE: Count = _s(
-        20,
-        "threads for blocking backend calls (keep it at most SQL_CONNECTION_POOL_SIZE + "
-        "SQL_CONNECTION_MAX_OVERFLOW, or threads wait for connections)",
+        8,
+        "threads for blocking backend calls (keep it at most SQL_CONNECTION_POOL_SIZE: "
+        "more threads than pooled connections open and close overflow connections "
+        "under load, and every extra thread contends for the GIL with the event loop)",
         ours=True,
     )
     CACHE_TTL: Annotated[float, _NonNegative()] = _s(

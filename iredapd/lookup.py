@@ -22,6 +22,7 @@ rank them.  Unlike iRedAPD, every pattern here is anchored at both ends (as in
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping
@@ -72,8 +73,14 @@ _WILDCARD_ALL: tuple[tuple[int, ...], ...] = tuple(
 )
 
 
+# Answers of parse_ip kept: every plugin asks about the same client address,
+# and parsing costs more than most plugins' own logic.
+_PARSED_IPS = 16384
+
+
+@functools.lru_cache(maxsize=_PARSED_IPS)
 def parse_ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The address, or None if ``value`` is not an IPv4/IPv6 address."""
+    """The address, or None if ``value`` is not an IPv4/IPv6 address (cached)."""
     try:
         return ipaddress.ip_address(value.strip())
     except ValueError:

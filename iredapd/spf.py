@@ -22,6 +22,7 @@ answers ("void lookups").
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import re
 import time
@@ -432,8 +433,17 @@ def _parse_mechanism(term: str) -> _Mechanism:
     return _Mechanism(qualifier, name, term, domain=_parse_domain_spec(rest[1:]))
 
 
+# Parsed records kept (the parse is pure and the result immutable); the
+# records of the domains that send to a server are few, and parsing one
+# costs more than the rest of an SPF check with cached DNS answers.
+_PARSED_RECORDS = 4096
+
+
+@functools.lru_cache(maxsize=_PARSED_RECORDS)
 def _parse_record(text: str) -> _Record:
     """Parse a whole v=spf1 record; any syntax error anywhere is a permerror (4.6).
+
+    Cached per text (a record that fails is parsed again each time).
 
     Raises:
         _PermError: the record is not well formed.

@@ -33,7 +33,9 @@ What it does
 Settings
     ``WBLIST_DISCARD_INSTEAD_OF_REJECT`` (False), ``WBLIST_BYPASS_OUTGOING_EMAIL``
     (False: set True to skip the outbound lists), ``ENABLE_ALL_WILDCARD_IP``
-    (False), and the ``amavisd_db_*`` settings.
+    (False), the ``amavisd_db_*`` settings, and ``CACHE_TTL``: each account's
+    list is cached this long (seconds), so a change made in iRedAdmin or with
+    ``wblist_admin.py`` takes up to CACHE_TTL seconds to apply.
 
 Tables
     amavisd: ``users``, ``mailaddr``, ``wblist`` (inbound), ``outbound_wblist``
@@ -46,13 +48,31 @@ Postfix
 
 from __future__ import annotations
 
+import functools
 import logging
+from typing import Any
 
+from iredapd.config import Settings
 from iredapd.lookup import policy_addresses, wildcard_address, wildcard_ipv4
 from iredapd.plugin import SMTP_ACTIONS, Action, Context, Plugin
-from iredapd.storage.wblist import WBHit, hit_statement, pick_hit
+from iredapd.services import Services
+from iredapd.storage.cache import MISSING, TTLCache
+from iredapd.storage.db import Database
+from iredapd.storage.wblist import (
+    AccountList,
+    WBHit,
+    account_lists,
+    hit_statement,
+    network_prefixes,
+    pairs_statement,
+    pick_hit,
+    users_with_prefix,
+)
 
 log = logging.getLogger(__name__)
+
+# Accounts whose lists are cached at most (an LRU; both directions together).
+_CACHE_SIZE = 20_000
 
 
 async def _alias_target(ctx: Context, domain: str) -> str | None:
@@ -86,6 +106,14 @@ class AmavisdWblist(Plugin):
 
     states = frozenset({"RCPT"})
     requires = frozenset({"amavisd"})
+
+    def __init__(self, name: str, settings: Settings, services: Services) -> None:
+        super().__init__(name, settings, services)
+        ttl = settings.CACHE_TTL
+        #: (outbound, users.email) -> its listed pairs (None: too many to keep)
+        self._lists: TTLCache[tuple[bool, str], AccountList | None] = TTLCache(ttl, _CACHE_SIZE)
+        #: network prefix -> the users.email values starting with it (outbound)
+        self._prefix_users: TTLCache[str, tuple[str, ...]] = TTLCache(ttl, 1024)
 
     async def check(self, ctx: Context) -> Action | None:
         """iRedAPD's evaluation (access-policies.md §6.3-6.5), with its bugs fixed."""
@@ -148,13 +176,84 @@ class AmavisdWblist(Plugin):
         db = ctx.services.amavisd_db
         assert db is not None  # checked in check()
         client = ctx.request.client_address
-        stmt = hit_statement(
-            outbound=outbound, accounts=accounts, addresses=addresses, client_address=client
-        )
-        rows = await db.fetchall(stmt)
+        rows: list[Any]
+        if self._lists.enabled:
+            rows = await self._cached_rows(db, outbound, accounts, addresses, client)
+        else:
+            stmt = hit_statement(
+                outbound=outbound, accounts=accounts, addresses=addresses, client_address=client
+            )
+            rows = list(await db.fetchall(stmt))
         return pick_hit(
             rows, outbound=outbound, accounts=accounts, addresses=addresses, client_address=client
         )
+
+    async def _cached_rows(
+        self, db: Database, outbound: bool, accounts: list[str], addresses: list[str], client: str
+    ) -> list[Any]:
+        """The rows hit_statement would return, from the accounts' cached lists."""
+        prefixes = network_prefixes(client)
+        keys = list(dict.fromkeys(accounts))
+        if outbound and prefixes:
+            # networks on the account side: the users rows that may hold the client
+            keys.extend(e for e in await self._users_with(db, prefixes) if e not in keys)
+        lists = await self._account_lists(db, outbound, keys)
+        address_prefixes = () if outbound else prefixes
+        rows: list[Any] = []
+        too_big: list[str] = []
+        for key in keys:
+            found = lists[key]
+            if found is None:
+                too_big.append(key)
+            else:
+                rows.extend(found.matching(addresses, address_prefixes))
+        if too_big:
+            stmt = pairs_statement(
+                outbound=outbound, accounts=too_big, addresses=addresses, prefixes=address_prefixes
+            )
+            rows.extend(await db.fetchall(stmt))
+        return rows
+
+    async def _account_lists(
+        self, db: Database, outbound: bool, keys: list[str]
+    ) -> dict[str, AccountList | None]:
+        cache = self._lists
+        out: dict[str, AccountList | None] = {}
+        missing: list[str] = []
+        for key in keys:
+            found = cache.get((outbound, key))
+            if found is MISSING:
+                missing.append(key)
+            else:
+                out[key] = found
+        if missing:
+            fresh = await db.run(
+                functools.partial(account_lists, accounts=missing, outbound=outbound),
+                idempotent=True,
+            )
+            for key, found in fresh.items():
+                cache.put((outbound, key), found)
+            out.update(fresh)
+        return out
+
+    async def _users_with(self, db: Database, prefixes: list[str]) -> list[str]:
+        cache = self._prefix_users
+        found: list[str] = []
+        missing: list[str] = []
+        for prefix in prefixes:
+            emails = cache.get(prefix)
+            if emails is MISSING:
+                missing.append(prefix)
+            else:
+                found.extend(emails)
+        if missing:
+            fresh = await db.run(
+                functools.partial(users_with_prefix, prefixes=missing), idempotent=True
+            )
+            for prefix, emails in fresh.items():
+                cache.put(prefix, emails)
+                found.extend(emails)
+        return list(dict.fromkeys(found))
 
     @staticmethod
     def _log(ctx: Context, direction: str, hit: WBHit) -> None:

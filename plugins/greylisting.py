@@ -26,7 +26,10 @@ Settings
     ``GREYLISTING_MESSAGE``, ``GREYLISTING_TRAINING_MODE`` (track, never
     defer), ``GREYLISTING_BLOCK_EXPIRE`` (minutes), ``GREYLISTING_AUTH_TRIPLET_EXPIRE``
     and ``GREYLISTING_UNAUTH_TRIPLET_EXPIRE`` (days), ``GREYLISTING_BYPASS_SPF``,
-    ``MYNETWORKS``, ``srs_domain`` (no SPF check for senders at it).
+    ``MYNETWORKS``, ``srs_domain`` (no SPF check for senders at it),
+    ``CACHE_TTL``: settings and whitelists are cached this long (seconds), so
+    a change made with ``greylisting_admin.py`` or by the SPF cron tool takes
+    up to CACHE_TTL seconds to apply; triplets are never cached.
 
 Tables (iredapd database)
     ``greylisting`` (settings), ``greylisting_whitelists`` (manual and
@@ -42,18 +45,20 @@ Postfix
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 
 from sqlalchemy.engine import Connection
 
 from iredapd.addr import is_email
+from iredapd.chain import within
 from iredapd.config import Settings
 from iredapd.lookup import is_ipv4, parse_ip, policy_addresses
 from iredapd.plugin import SMTP_ACTIONS, Action, Context, Plugin
 from iredapd.services import Services
 from iredapd.storage import greylisting as store
+from iredapd.storage.cache import MISSING
+from iredapd.storage.db import Database
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +108,8 @@ class Greylisting(Plugin):
             # iRedAPD meant to add this and added its characters instead (§10.3).
             senders.append(client.rsplit(".", 1)[0] + ".*")
 
-        verdict = await db.run(functools.partial(_policy, recipients, senders, client))
+        policies = await self._policies(db, recipients)
+        verdict = _verdict(policies, senders, client)
         if verdict is not None:
             level = logging.INFO if verdict.startswith("whitelisted") else logging.DEBUG
             log.log(level, "[%s] greylisting skipped: %s", client, verdict)
@@ -154,22 +160,48 @@ class Greylisting(Plugin):
         )
         return self.reply
 
+    async def _policies(self, db: Database, recipients: list[str]) -> list[store.AccountPolicy]:
+        """Whitelists and settings of each recipient key: cached, else one trip to the pool."""
+        cache = store.policy_cache(db, self.settings.CACHE_TTL)
+        found: dict[str, store.AccountPolicy] = {}
+        missing: list[str] = []
+        for key in recipients:
+            policy = cache.get(key)
+            if policy is MISSING:
+                missing.append(key)
+            else:
+                found[key] = policy
+        if missing:
+            fresh = await db.run(
+                functools.partial(store.account_policies, accounts=missing), idempotent=True
+            )
+            for key, policy in fresh.items():
+                cache.put(key, policy)
+            found.update(fresh)
+        return [found[key] for key in recipients]
+
     async def _spf_pass(self, ctx: Context, domain: str, client: str) -> bool:
         """SPF check with a deadline; a late answer is not a pass."""
         try:
-            async with asyncio.timeout(self.spf_budget):
-                return await ctx.services.spf_allows(domain, client)
+            # no timer when the DNS answers are cached (the check does not wait)
+            return bool(await within(ctx.services.spf_allows(domain, client), self.spf_budget))
         except TimeoutError:
             log.info("[%s] greylisting: SPF check of %s timed out; not bypassed", client, domain)
             return False
 
 
-def _policy(recipients: list[str], senders: list[str], client: str, conn: Connection) -> str | None:
+def _verdict(policies: list[store.AccountPolicy], senders: list[str], client: str) -> str | None:
     """Whitelists, then settings: why not to greylist, or None to go on (§10.4 1-2)."""
-    hit = store.whitelist_match(store.whitelisted_senders(conn, recipients), senders, client)
-    if hit is not None:
-        return f"whitelisted ({hit})"
-    rows = store.greylisting_settings(conn, recipients)
+    address = parse_ip(client)
+    for policy in policies:
+        hit = policy.whitelist.match(senders, None)
+        if hit is not None:
+            return f"whitelisted ({hit})"
+    for policy in policies:
+        hit = policy.whitelist.match((), address)
+        if hit is not None:
+            return f"whitelisted ({hit})"
+    rows = store.ordered_settings(policies)
     if not rows:
         return "no greylisting setting"
     setting = store.first_matching_setting(rows, senders, client)

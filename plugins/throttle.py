@@ -54,7 +54,6 @@ Postfix
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import time
@@ -192,6 +191,68 @@ class _Direction:
     user: str
     kind: str
     candidates: Sequence[str]
+    client: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """One direction as far as the rules decide it: winners and counters to charge."""
+
+    direction: _Direction
+    winners: dict[str, Winner]
+    charges: list[Charge]
+
+
+def _plan(direction: _Direction, rules: Sequence[Rule]) -> _Plan | None:
+    """The winning rules of one direction (§9.3, §9.4); None when no rule applies."""
+    wanted = set(direction.candidates)
+    kind = direction.kind
+    mine = ordered(r for r in rules if r.kind == kind and r.account.lower() in wanted)
+    if not mine:
+        return None
+    winners = pick_winners(mine)
+    if not winners:
+        return None
+    # the client address only matters for IP rules' counters
+    return _Plan(direction, winners, charges_for(winners, direction.user, direction.client))
+
+
+_STATELESS_REPLIES = {
+    "msg_size": "reject_msg_size_exceeded",
+    "max_rcpts": "reject_max_rcpts_exceeded",
+}
+
+
+def _stateless(plan: _Plan, *, size: int, rcpts: int) -> tuple[_Plan, str, int] | None:
+    """The limit msg_size or max_rcpts refuses (§9.5) and the message's value, or None."""
+    for rule, value in (("msg_size", size), ("max_rcpts", rcpts)):
+        w = plan.winners.get(rule)
+        if w is not None and w.value > 0 and value > w.value:
+            return plan, rule, value
+    return None
+
+
+def _count_in_turn(
+    conn: Connection,
+    *,
+    work: Sequence[Sequence[Charge]],
+    now: int,
+    msgs: int,
+    size: int,
+    dry_run: bool,
+) -> tuple[int, ChargeResult]:
+    """Count the message in each group of counters in turn, up to the first refusal.
+
+    Returns how many groups accepted it and the refusal (or an acceptance).
+    """
+    count = would_charge if dry_run else charge_message
+    for done, charges in enumerate(work):
+        if not charges:
+            continue
+        result = count(conn, charges, now=now, msgs=msgs, size=size)
+        if not result.accepted:
+            return done, result
+    return len(work), ChargeResult(True)
 
 
 class _RuleCache:
@@ -280,13 +341,38 @@ class Throttle(Plugin):
         candidates = await self._candidates(ctx, [user for user, _ in directions])
         everyone = dict.fromkeys(a for keys in candidates.values() for a in keys)
         rules = await self._rules(ctx, everyone)
+        # What the rules alone decide, direction by direction, up to the first
+        # refusal that needs no counter (message size, recipients).  The
+        # counting of all of them then takes one trip to the thread pool, in
+        # the same order and with the same statements as one trip each.
+        plans: list[_Plan] = []
+        refusal: tuple[_Plan, str, int] | None = None
         for user, kind in directions:
-            action = await self._apply(
-                ctx, _Direction(user, kind, candidates[user]), rules, size=size, rcpts=rcpts
-            )
+            plan = _plan(_Direction(user, kind, candidates[user], client), rules)
+            if plan is None:
+                continue
+            refusal = _stateless(plan, size=size, rcpts=rcpts)
+            if refusal is not None:
+                break
+            plans.append(plan)
+        if plans:
+            action = await self._count(ctx, plans, size=size, rcpts=rcpts)
             if action is not None:
                 return action
-        return None
+        if refusal is None:
+            return None
+        plan, rule, value = refusal
+        log.info(
+            "[%s] %s throttle: %s -> %s %d > %d. %s",
+            client,
+            plan.direction.kind,
+            plan.direction.user,
+            rule,
+            value,
+            plan.winners[rule].value,
+            throttle_info(plan.winners),
+        )
+        return Action.named(_STATELESS_REPLIES[rule])
 
     async def _candidates(self, ctx: Context, users: Sequence[str]) -> dict[str, list[str]]:
         """The rule accounts that can match each user (§9.3), IP keys included."""
@@ -296,15 +382,13 @@ class Throttle(Plugin):
         vmail = ctx.services.vmail
         targets: dict[str, str | None] = {}
         if vmail is not None and domains:
-            names = sorted(domains)
-
-            async def target(domain: str) -> str | None:
-                return await ctx.once(
-                    ("alias_target_domain", domain), lambda: vmail.alias_target_domain(domain)
+            # one after the other: the answers are usually cached, and a task
+            # per lookup (gather) would cost more than the lookups
+            for domain in sorted(domains):
+                targets[domain] = await ctx.once(
+                    ("alias_target_domain", domain),
+                    functools.partial(vmail.alias_target_domain, domain),
                 )
-
-            found = await asyncio.gather(*(target(d) for d in names))
-            targets = dict(zip(names, found, strict=True))
         out: dict[str, list[str]] = {}
         for user in users:
             keys = list(ip_keys)
@@ -334,54 +418,35 @@ class Throttle(Plugin):
             found.extend(fresh)
         return list({rule.id: rule for rule in found}.values())
 
-    async def _apply(
-        self,
-        ctx: Context,
-        direction: _Direction,
-        rules: Sequence[Rule],
-        *,
-        size: int,
-        rcpts: int,
+    async def _count(
+        self, ctx: Context, plans: Sequence[_Plan], *, size: int, rcpts: int
     ) -> Action | None:
-        """One direction (§9.3-§9.10): winners, stateless checks, atomic counting."""
-        user, kind = direction.user, direction.kind
-        wanted = set(direction.candidates)
-        mine = ordered(r for r in rules if r.kind == kind and r.account.lower() in wanted)
-        if not mine:
-            return None
-        winners = pick_winners(mine)
-        if not winners:
-            return None
+        """Count the message for each direction in turn (§9.8-§9.10); the first refusal."""
         client = ctx.request.client_address
-        info = throttle_info(winners)
-        for rule, value, reply in (
-            ("msg_size", size, "reject_msg_size_exceeded"),
-            ("max_rcpts", rcpts, "reject_max_rcpts_exceeded"),
-        ):
-            w = winners.get(rule)
-            if w is not None and w.value > 0 and value > w.value:
-                log.info(
-                    "[%s] %s throttle: %s -> %s %d > %d. %s",
-                    client,
-                    kind,
-                    user,
-                    rule,
-                    value,
-                    w.value,
-                    info,
-                )
-                return Action.named(reply)
-        charges = charges_for(winners, user, client)
-        if not charges:
-            return None
         now = int(ctx.now)
-        count = would_charge if ctx.dry_run else charge_message
-        result = await self._db(ctx).run(
-            functools.partial(count, charges=charges, now=now, msgs=rcpts, size=size)
-        )
+        work = [plan.charges for plan in plans]
+        done, result = 0, ChargeResult(True)
+        if any(work):
+            done, result = await self._db(ctx).run(
+                functools.partial(
+                    _count_in_turn, work=work, now=now, msgs=rcpts, size=size, dry_run=ctx.dry_run
+                )
+            )
+        for plan in plans[:done]:
+            if plan.charges and log.isEnabledFor(logging.DEBUG):
+                d = plan.direction
+                log.debug(
+                    "[%s] %s throttle: %s passed: %s",
+                    client,
+                    d.kind,
+                    d.user,
+                    throttle_info(plan.winners),
+                )
         if result.accepted:
-            log.debug("[%s] %s throttle: %s passed: %s", client, kind, user, info)
             return None
+        plan = plans[done]
+        user, kind, winners = plan.direction.user, plan.direction.kind, plan.winners
+        info = throttle_info(winners)
         charge = result.over
         assert charge is not None
         cur_msgs, cur_quota, init = effective(result.tracking, charge.period, now)

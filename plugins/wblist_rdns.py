@@ -16,7 +16,9 @@ What it does
     (``unknown``) are never checked.
 
 Settings
-    ``WBLIST_DISCARD_INSTEAD_OF_REJECT`` (False), ``MYNETWORKS``.
+    ``WBLIST_DISCARD_INSTEAD_OF_REJECT`` (False), ``MYNETWORKS``,
+    ``CACHE_TTL``: the table is read at most once in that many seconds, so a
+    row added or removed takes up to CACHE_TTL seconds to apply.
 
 Tables
     iredapd: ``wblist_rdns(rdns, wb)``, ``wb`` is ``W`` or ``B``; read only.
@@ -30,14 +32,68 @@ Postfix
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
+from iredapd.config import Settings
 from iredapd.lookup import rdns_candidates
 from iredapd.plugin import SMTP_ACTIONS, Action, Context, Plugin
+from iredapd.services import Services
+from iredapd.storage.cache import MISSING, Snapshot, TTLCache
+from iredapd.storage.db import Database
 from iredapd.storage.schema import wblist_rdns
 
 log = logging.getLogger(__name__)
+
+# A table with more rows than this is not held in memory: every name is
+# looked up in it (and the answer cached).
+_SNAPSHOT_ROWS = 100_000
+# Names whose answer is cached at most (an LRU).
+_NAMES_CACHED = 50_000
+
+_c = wblist_rdns.c
+# The database compares wb (MySQL's collation also takes 'w' / 'b') and rdns.
+_MARKS = sa.select(_c.rdns, _c.wb).where(
+    _c.rdns.in_(sa.bindparam("names", expanding=True)), _c.wb.in_(("W", "B"))
+)
+_ALL_NAMES = sa.select(_c.rdns).limit(_SNAPSHOT_ROWS + 1)
+del _c
+
+Marks = dict[str, Any]
+
+
+def _loose(value: str) -> str | None:
+    """A key that is equal for any two values a database may compare equal.
+
+    MySQL's collations ignore case and trailing spaces; PostgreSQL and SQLite
+    compare exactly.  For printable ASCII nothing else is equal; for
+    anything else no such key is known (None).
+    """
+    if not (value.isascii() and value.isprintable()):
+        return None
+    return value.lower().rstrip(" ")
+
+
+def _marks(conn: Connection, names: list[str]) -> Marks:
+    """{'W': row, 'B': row} of the rows matching one of ``names`` (the database compares)."""
+    rows = conn.execute(_MARKS, {"names": names})
+    return {str(row.wb).strip().upper(): row.rdns for row in rows}
+
+
+def _loose_names(conn: Connection) -> frozenset[str] | None:
+    """Every row's :func:`_loose` key; None when some row has none, or too many rows."""
+    keys: set[str] = set()
+    rows = conn.execute(_ALL_NAMES).fetchall()
+    if len(rows) > _SNAPSHOT_ROWS:
+        return None
+    for (name,) in rows:
+        key = _loose(str(name))
+        if key is None:
+            return None
+        keys.add(key)
+    return frozenset(keys)
 
 
 class WblistRdns(Plugin):
@@ -45,6 +101,40 @@ class WblistRdns(Plugin):
 
     states = frozenset({"RCPT"})
     requires = frozenset({"iredapd"})
+
+    def __init__(self, name: str, settings: Settings, services: Services) -> None:
+        super().__init__(name, settings, services)
+        ttl = settings.CACHE_TTL
+        # Most names match no row: a snapshot of the table's names (loosely
+        # compared) answers them without a query.  A name that may match is
+        # asked of the database, which compares exactly, and that answer is
+        # cached per name.
+        self._names: Snapshot[frozenset[str] | None] = Snapshot(ttl, self._load_names)
+        self._answers: TTLCache[str, Marks] = TTLCache(ttl, _NAMES_CACHED)
+
+    def _db(self) -> Database:
+        db = self.services.iredapd_db
+        assert db is not None  # required
+        return db
+
+    async def _load_names(self) -> frozenset[str] | None:
+        return await self._db().run(_loose_names, idempotent=True)
+
+    async def _lookup(self, name: str) -> Marks:
+        candidates = rdns_candidates(name)
+        if self._answers.enabled:
+            marks = self._answers.get(name)
+            if marks is not MISSING:
+                result: Marks = marks
+                return result
+            names = await self._names.get()
+            if names is not None:
+                loose = [_loose(c) for c in candidates]
+                if None not in loose and names.isdisjoint(loose):
+                    return {}
+        marks = await self._db().run(lambda conn: _marks(conn, candidates), idempotent=True)
+        self._answers.put(name, marks)
+        return marks
 
     async def check(self, ctx: Context) -> Action | None:
         """iRedAPD's table (access-policies.md §5): AUTH, unknown, trusted pass; W beats B."""
@@ -54,17 +144,9 @@ class WblistRdns(Plugin):
         # treated as iRedAPD does a missing attribute: no decision.
         if ctx.authenticated_or_trusted or not name or name == "unknown":
             return None
-        db = ctx.services.iredapd_db
-        if db is None:
+        if ctx.services.iredapd_db is None:
             return None
-        candidates = rdns_candidates(name)
-        # The database compares wb (MySQL's collation also takes 'w' / 'b').
-        rows = await db.fetchall(
-            sa.select(wblist_rdns.c.rdns, wblist_rdns.c.wb).where(
-                wblist_rdns.c.rdns.in_(candidates), wblist_rdns.c.wb.in_(("W", "B"))
-            )
-        )
-        marks = {str(row.wb).strip().upper(): row.rdns for row in rows}
+        marks = await self._lookup(name)
         if "W" in marks:
             log.debug("[%s] rDNS %s whitelisted by %r", request.client_address, name, marks["W"])
             return None

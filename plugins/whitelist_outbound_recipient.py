@@ -99,14 +99,23 @@ class WhitelistOutboundRecipient(Plugin):
             return None
         db = ctx.services.iredapd_db
         assert db is not None  # required
-        await db.run(functools.partial(_whitelist, senders, rcpt_domain if domain_wanted else None))
+        added = await db.run(
+            functools.partial(_whitelist, senders, rcpt_domain if domain_wanted else None)
+        )
+        # greylisting in this daemon sees the new rows at once (others within CACHE_TTL)
+        store.forget_policies(db, added)
         return None
 
 
-def _whitelist(senders: list[tuple[str, str, str]], domain: str | None, conn: Connection) -> None:
+def _whitelist(
+    senders: list[tuple[str, str, str]], domain: str | None, conn: Connection
+) -> list[str]:
+    """Write the rows; the accounts that got a new one."""
+    added: list[str] = []
     for account, sender, comment in senders:
         try:
             if store.add_whitelist_sender(conn, account, sender, comment):
+                added.append(account)
                 log.info("whitelisted %s for greylisting of %s", sender, account)
         except store.InvalidInput as e:
             log.error("cannot whitelist %s for %s: %s", sender, account, e.code)
@@ -116,3 +125,4 @@ def _whitelist(senders: list[tuple[str, str, str]], domain: str | None, conn: Co
                 log.info("whitelisted domain %s for greylisting (SPF)", domain)
         except store.InvalidInput as e:
             log.error("cannot whitelist domain %s: %s", domain, e.code)
+    return added

@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import logging
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -43,7 +44,8 @@ from iredapd.lookup import (
     classify_address,
     parse_ip,
 )
-from iredapd.storage.db import transaction
+from iredapd.storage.cache import KeyedQuery, TTLCache
+from iredapd.storage.db import Prepared, transaction
 from iredapd.storage.schema import (
     greylisting,
     greylisting_tracking,
@@ -56,10 +58,13 @@ from iredapd.storage.upsert import insert_if_absent, upsert
 __all__ = [
     "AUTO_UPDATE_PREFIX",
     "AUTO_WHITELISTED",
+    "AccountPolicy",
     "InvalidInput",
     "Setting",
     "Triplet",
     "TripletState",
+    "WhitelistIndex",
+    "account_policies",
     "add_whitelist",
     "add_whitelist_domain",
     "add_whitelist_sender",
@@ -68,12 +73,15 @@ __all__ = [
     "disable_greylisting",
     "enable_greylisting",
     "first_matching_setting",
+    "forget_policies",
     "greylisting_settings",
     "is_valid_sender",
     "list_settings",
     "list_whitelist_domains",
     "list_whitelists",
     "network_text",
+    "ordered_settings",
+    "policy_cache",
     "remove_whitelisted_domain",
     "replace_spf_whitelist",
     "touch_passed_client",
@@ -323,6 +331,152 @@ def whitelist_match(
     return None
 
 
+class WhitelistIndex:
+    """The whitelist entries of some accounts, indexed for :meth:`match`.
+
+    :func:`whitelist_match` reads every entry for each request; with the SPF
+    tool's rows (every network of every whitelisted domain, under ``@.``)
+    that is thousands.  Here an entry is found by one dictionary look-up per
+    candidate and per network size, with the same answer: the first entry
+    (in ``entries`` order) that is a candidate, else the first that holds
+    the client.
+    """
+
+    __slots__ = ("_exact", "_networks", "entries")
+
+    def __init__(self, entries: Iterable[str]) -> None:
+        self.entries = tuple(entries)
+        exact: dict[str, int] = {}
+        # (IP version, prefix length) -> {network address as int: first index}
+        networks: dict[tuple[int, int], dict[int, int]] = {}
+        for i, value in enumerate(self.entries):
+            exact.setdefault(value, i)
+            if "/" in value:
+                net = _network(value)
+                if net is None:
+                    continue
+                key, number = (net.version, net.prefixlen), int(net.network_address)
+            elif ":" in value:
+                # an IPv6 address in another spelling than the client's
+                addr = _address(value)
+                if addr is None:
+                    continue
+                key, number = (addr.version, addr.max_prefixlen), int(addr)
+            else:
+                continue
+            networks.setdefault(key, {}).setdefault(number, i)
+        self._exact = exact
+        self._networks = networks
+
+    def match(self, senders: Iterable[str], client: IPAddress | None) -> str | None:
+        """The entry that lets this mail through, or None (see :func:`whitelist_match`)."""
+        exact = self._exact
+        found = [exact[s] for s in senders if s in exact]
+        if not found and client is not None:
+            number, bits = int(client), client.max_prefixlen
+            for (version, prefixlen), nets in self._networks.items():
+                if version == client.version:
+                    shift = bits - prefixlen
+                    i = nets.get(number >> shift << shift)
+                    if i is not None:
+                        found.append(i)
+        return self.entries[min(found)] if found else None
+
+
+@dataclass(frozen=True, slots=True)
+class AccountPolicy:
+    """What greylisting reads for one recipient key: its whitelists and settings."""
+
+    whitelist: WhitelistIndex
+    settings: tuple[Setting, ...]
+
+
+#: Recipient keys whose whitelists and settings are cached at most (an LRU).
+POLICY_CACHE_SIZE: Final = 50_000
+_policy_caches: weakref.WeakKeyDictionary[Any, TTLCache[str, AccountPolicy]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def policy_cache(db: object, ttl: float) -> TTLCache[str, AccountPolicy]:
+    """The cache of :class:`AccountPolicy` per key read from database ``db``.
+
+    One per database handle (so per daemon and settings generation), shared
+    by the plugins: what this process writes (whitelist_outbound_recipient)
+    applies at once through :func:`forget_policies`; changes made elsewhere
+    (tools, other daemons) within ``ttl`` seconds.
+    """
+    cache = _policy_caches.get(db)
+    if cache is None:
+        cache = _policy_caches[db] = TTLCache(ttl, POLICY_CACHE_SIZE)
+    return cache
+
+
+def forget_policies(db: object, accounts: Iterable[str]) -> None:
+    """Drop the cached policies of ``accounts`` (their whitelists just changed)."""
+    cache = _policy_caches.get(db)
+    if cache is not None:
+        for account in accounts:
+            cache.discard(account)
+
+
+def _whitelist_query(table: sa.Table) -> KeyedQuery:
+    return KeyedQuery(table.c.account, [sa.func.lower(table.c.sender)])
+
+
+_SPF_WHITELIST = _whitelist_query(greylisting_whitelist_domain_spf)
+_WHITELIST = _whitelist_query(greylisting_whitelists)
+_t = greylisting.c
+_SETTINGS = KeyedQuery(
+    _t.account, [_t.id, _t.account, _t.sender, _t.priority, _t.sender_priority, _t.active]
+)
+del _t
+
+
+def account_policies(conn: Connection, accounts: Sequence[str]) -> dict[str, AccountPolicy]:
+    """Whitelists and greylisting settings per recipient key (§10.4 steps 1-2).
+
+    Three SELECTs whatever the number of keys; the database decides which
+    rows belong to which key (its collation), so the answer can be cached
+    per key.  Whitelist entries are lower-cased, SPF-derived ones first.
+    """
+    spf = _SPF_WHITELIST.run(conn, accounts)
+    manual = _WHITELIST.run(conn, accounts)
+    settings = _SETTINGS.run(conn, accounts)
+    return {
+        account: AccountPolicy(
+            WhitelistIndex(row[0] for row in (*spf[account], *manual[account])),
+            tuple(_setting_of(row) for row in settings[account]),
+        )
+        for account in spf
+    }
+
+
+def _setting_of(row: Sequence[Any]) -> Setting:
+    return Setting(
+        id=int(row[0]),
+        account=row[1],
+        sender=row[2],
+        priority=int(row[3]),
+        sender_priority=int(row[4]),
+        active=int(row[5]) == 1,
+    )
+
+
+def ordered_settings(policies: Iterable[AccountPolicy]) -> list[Setting]:
+    """The settings of several keys in :func:`greylisting_settings`' order.
+
+    The database's ``priority DESC, sender_priority DESC, id`` and then the
+    stable sort by effective priorities: together one sort key.  A row found
+    for two keys counts once.
+    """
+    rows = {s.id: s for p in policies for s in p.settings}
+    return sorted(
+        rows.values(),
+        key=lambda s: (-s.priority, -s.effective_sender_priority, -s.sender_priority, s.id),
+    )
+
+
 def _insert_whitelist(
     conn: Connection, table: sa.Table, account: str, sender: str, comment: str
 ) -> bool:
@@ -439,26 +593,70 @@ def replace_spf_whitelist(conn: Connection, domain: str, senders: Sequence[str])
 # ---------------------------------------------------------------------------
 
 
+# The statements of the request path, built once (parameters bound per call).
+# Parameter names start with "p_": SQLAlchemy reserves column names in
+# UPDATE statements for itself.
+def _p(name: str, type_: sa.types.TypeEngine[Any] | None = None) -> sa.BindParameter[Any]:
+    return sa.bindparam(f"p_{name}", type_=type_ or sa.BigInteger())
+
+
+_gt = greylisting_tracking.c
+_CLIENT = _p("client", sa.String())
+_TOUCH_PASSED = Prepared(
+    sa.update(greylisting_tracking)
+    .where(_gt.client_address == _CLIENT, _gt.passed == 1)
+    .values(record_expired=_p("expire"))
+)
+_HAS_PASSED = Prepared(
+    sa.select(_gt.id).where(_gt.client_address == _CLIENT, _gt.passed == 1).limit(1)
+)
+_KEY = (
+    _gt.sender == _p("sender", sa.String()),
+    _gt.recipient == _p("recipient", sa.String()),
+    _gt.client_address == _CLIENT,
+)
+_READ_TRIPLET = Prepared(
+    sa.select(_gt.blocked_count, _gt.block_expired, _gt.record_expired).where(*_KEY).limit(1)
+)
+_RESTART = Prepared(
+    sa.update(greylisting_tracking)
+    .where(*_KEY, _gt.record_expired < _p("now"))
+    .values(
+        blocked_count=1,
+        init_time=_p("now"),
+        block_expired=_p("block_expire"),
+        record_expired=_p("unauth_expire"),
+    )
+)
+_TOO_SOON = Prepared(
+    sa.update(greylisting_tracking)
+    .where(*_KEY, _gt.block_expired > _p("now"), _gt.record_expired >= _p("now"))
+    .values(blocked_count=_gt.blocked_count + 1)
+)
+_PASS = Prepared(
+    sa.update(greylisting_tracking)
+    .where(*_KEY, _gt.block_expired <= _p("now"), _gt.record_expired >= _p("now"))
+    .values(record_expired=_p("auth_expire"), passed=1)
+)
+_FORGET_UNPASSED = Prepared(
+    sa.delete(greylisting_tracking).where(_gt.client_address == _CLIENT, _gt.passed == 0)
+)
+del _gt
+
+
 def touch_passed_client(conn: Connection, client_address: str, record_expired: int) -> bool:
     """If any triplet of this client passed, slide their expiry; True if one did.
 
     One UPDATE (iRedAPD: a SELECT, then this UPDATE).  MySQL connections made
     by SQLAlchemy count matched rows, so an unchanged expiry still counts.
     """
-    t = greylisting_tracking.c
-    stmt = (
-        sa.update(greylisting_tracking)
-        .where(t.client_address == client_address, t.passed == 1)
-        .values(record_expired=record_expired)
-    )
-    return conn.execute(stmt).rowcount > 0
+    params = {"p_client": client_address, "p_expire": record_expired}
+    return _TOUCH_PASSED.execute(conn, params).rowcount > 0
 
 
 def client_has_passed(conn: Connection, client_address: str) -> bool:
     """Read-only :func:`touch_passed_client` (dry runs)."""
-    t = greylisting_tracking.c
-    q = sa.select(t.id).where(t.client_address == client_address, t.passed == 1).limit(1)
-    return conn.execute(q).first() is not None
+    return _HAS_PASSED.execute(conn, {"p_client": client_address}).first() is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -512,15 +710,13 @@ def track_triplet(
     just before; if another daemon changed the row in between, nothing is
     written and the row is read again.  ``dry_run``: read only.
     """
-    t = greylisting_tracking.c
-    key = (
-        t.sender == triplet.sender,
-        t.recipient == triplet.recipient,
-        t.client_address == triplet.client_address,
-    )
-    read = sa.select(t.blocked_count, t.block_expired, t.record_expired).where(*key).limit(1)
+    key = {
+        "p_sender": triplet.sender,
+        "p_recipient": triplet.recipient,
+        "p_client": triplet.client_address,
+    }
     for _ in range(_TRACK_ATTEMPTS):
-        row = conn.execute(read).first()
+        row = _READ_TRIPLET.execute(conn, key).first()
         if row is None:
             if dry_run or insert_if_absent(
                 conn,
@@ -539,46 +735,28 @@ def track_triplet(
             ):
                 return TripletState.FIRST
             continue  # another daemon inserted it first: count this attempt on it
-        record_expired, block_expired = int(row.record_expired), int(row.block_expired)
+        block_expired, record_expired = int(row[1]), int(row[2])
+        params: dict[str, Any] = {**key, "p_now": now}
         if now > record_expired:
             state = TripletState.EXPIRED
-            stmt = (
-                sa.update(greylisting_tracking)
-                .where(*key, t.record_expired < now)
-                .values(
-                    blocked_count=1,
-                    init_time=now,
-                    block_expired=block_expire,
-                    record_expired=unauth_expire,
-                )
-            )
+            stmt = _RESTART
+            params.update(p_block_expire=block_expire, p_unauth_expire=unauth_expire)
         elif now < block_expired:
             state = TripletState.TOO_SOON
-            stmt = (
-                sa.update(greylisting_tracking)
-                .where(*key, t.block_expired > now, t.record_expired >= now)
-                .values(blocked_count=t.blocked_count + 1)
-            )
+            stmt = _TOO_SOON
         else:
             state = TripletState.PASSED
             if record_expired > auth_expire:
                 return state  # already whitelisted for longer (§10.5)
-            stmt = (
-                sa.update(greylisting_tracking)
-                .where(*key, t.block_expired <= now, t.record_expired >= now)
-                .values(record_expired=auth_expire, passed=1)
-            )
+            stmt = _PASS
+            params["p_auth_expire"] = auth_expire
         if dry_run:
             return state
-        if conn.execute(stmt).rowcount:
+        if stmt.execute(conn, params).rowcount:
             if state is TripletState.PASSED:
                 # The client is trusted from now on (§10.4 step 4): its other,
                 # unpassed triplets are of no use any more.
-                conn.execute(
-                    sa.delete(greylisting_tracking).where(
-                        t.client_address == triplet.client_address, t.passed == 0
-                    )
-                )
+                _FORGET_UNPASSED.execute(conn, {"p_client": triplet.client_address})
             return state
     raise RuntimeError(
         f"greylisting triplet changed by others {_TRACK_ATTEMPTS} times in a row; giving up"

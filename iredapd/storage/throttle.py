@@ -32,6 +32,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from iredapd.lookup import account_priority
+from iredapd.storage.db import Prepared
 from iredapd.storage.schema import throttle, throttle_tracking
 from iredapd.storage.upsert import dialect_insert, insert_ignore
 
@@ -341,13 +342,13 @@ def _fits_clause(check_msgs: bool, check_quota: bool) -> list[sa.ColumnElement[b
 
 
 @functools.cache
-def _update_statement(check_msgs: bool, check_quota: bool) -> sa.Update:
+def _update_statement(check_msgs: bool, check_quota: bool) -> Prepared:
     """Add the message to an existing row if it stays within the limits."""
     t = throttle_tracking.c
     new_msgs, new_quota, new_init = _new_values()
     # MySQL evaluates SET assignments left to right with the new values, so
     # the counters (which read init_time) come before init_time itself.
-    return (
+    return Prepared(
         sa.update(throttle_tracking)
         .where(t.tid == _bp("tid"), t.account == _bp("account"))
         .where(*_fits_clause(check_msgs, check_quota))
@@ -375,7 +376,7 @@ _ROW_VALUES = {
 
 
 @functools.cache
-def _upsert_statement(dialect: str, check_msgs: bool, check_quota: bool) -> sa.Insert:
+def _upsert_statement(dialect: str, check_msgs: bool, check_quota: bool) -> Prepared:
     """PostgreSQL/SQLite: insert the row counting the message, or add the
     message to the existing row if it stays within the limits; one statement."""
     new_msgs, new_quota, new_init = _new_values()
@@ -394,11 +395,11 @@ def _upsert_statement(dialect: str, check_msgs: bool, check_quota: bool) -> sa.I
         },
         where=sa.and_(*where) if where else None,
     )
-    return upsert
+    return Prepared(upsert)
 
 
 @functools.cache
-def _insert_ignore_statement(dialect: str) -> sa.Insert:
+def _insert_ignore_statement(dialect: str) -> Prepared:
     """Insert a row unless (tid, account) exists.
 
     MySQL's INSERT IGNORE also skips a row it cannot insert for another
@@ -409,7 +410,7 @@ def _insert_ignore_statement(dialect: str) -> sa.Insert:
     stmt = insert_ignore(
         throttle_tracking, dialect, index_elements=["tid", "account"], skip_errors=True
     )
-    return stmt.values(_ROW_VALUES).inline()
+    return Prepared(stmt.values(_ROW_VALUES).inline())
 
 
 def _insert_row(conn: Connection, charge: Charge, msgs: int, size: int, now: int) -> bool:
@@ -422,7 +423,7 @@ def _insert_row(conn: Connection, charge: Charge, msgs: int, size: int, now: int
         row_quota=size,
         row_time=now,
     )
-    return conn.execute(_insert_ignore_statement(conn.dialect.name), params).rowcount == 1
+    return _insert_ignore_statement(conn.dialect.name).execute(conn, params).rowcount == 1
 
 
 def fits(charge: Charge, row: Tracking | None, now: int, msgs: int, size: int) -> bool:
@@ -451,14 +452,16 @@ def _alone_fits(charge: Charge, msgs: int, size: int) -> bool:
 
 
 @functools.cache
-def _tracking_one() -> sa.Select[Any]:
+def _tracking_one() -> Prepared:
     t = throttle_tracking.c
-    return sa.select(*_TRACKING_COLUMNS).where(t.tid == _bp("tid"), t.account == _bp("account"))
+    return Prepared(
+        sa.select(*_TRACKING_COLUMNS).where(t.tid == _bp("tid"), t.account == _bp("account"))
+    )
 
 
 def _read_one(conn: Connection, charge: Charge) -> Tracking | None:
     params = _named(tid=charge.tid, account=charge.account)
-    row = conn.execute(_tracking_one(), params).first()
+    row = _tracking_one().execute(conn, params).first()
     return None if row is None else _tracking(row)
 
 
@@ -477,7 +480,7 @@ def read_tracking(
     return {(r.tid, r.account): r for r in rows}
 
 
-def _count_statement(dialect: str, charge: Charge) -> sa.Executable:
+def _count_statement(dialect: str, charge: Charge) -> Prepared:
     checks = (charge.max_msgs > 0, charge.max_quota > 0)
     if dialect in ("postgresql", "sqlite"):
         return _upsert_statement(dialect, *checks)
@@ -500,11 +503,11 @@ def _count_one(conn: Connection, charge: Charge, now: int, msgs: int, size: int)
     stmt = _count_statement(dialect, charge)
     params = _params(charge, now, msgs, size)
     if dialect in ("postgresql", "sqlite"):
-        if conn.execute(stmt, params).rowcount == 1:
+        if stmt.execute(conn, params).rowcount == 1:
             return ChargeResult(True)
         return ChargeResult(False, charge, _read_one(conn, charge))
     for _ in range(_ATTEMPTS):
-        if conn.execute(stmt, params).rowcount == 1:
+        if stmt.execute(conn, params).rowcount == 1:
             return ChargeResult(True)
         row = _read_one(conn, charge)
         if row is not None and not fits(charge, row, now, msgs, size):
@@ -531,7 +534,7 @@ def _count_all(
     def attempt() -> None:
         with transaction(conn):
             for charge, stmt, params in work:
-                if conn.execute(stmt, params).rowcount != 1:
+                if stmt.execute(conn, params).rowcount != 1:
                     raise _Missed(charge)
 
     for _ in range(_ATTEMPTS):
@@ -585,7 +588,7 @@ def charge_message(
 
 
 @functools.cache
-def _claim_statement() -> sa.Update:
+def _claim_statement() -> Prepared:
     """Set last_notify_time=now unless this window was already notified.
 
     A running window (started, not ended) is notified once (iRedAPD's test
@@ -601,7 +604,7 @@ def _claim_statement() -> sa.Update:
         t.last_notify_time < t.init_time, t.last_notify_time > t.init_time + period
     )
     idle_due = sa.or_(t.last_notify_time == 0, t.last_notify_time + period < now)
-    return (
+    return Prepared(
         sa.update(throttle_tracking)
         .where(t.tid == _bp("tid"), t.account == _bp("account"))
         .where(sa.or_(sa.and_(running, not_in_window), sa.and_(sa.not_(running), idle_due)))
@@ -616,11 +619,11 @@ def claim_notification(conn: Connection, charge: Charge, now: int) -> bool:
     was already over the limit) is created empty to remember the notification.
     """
     params = _named(tid=charge.tid, account=charge.account, period=charge.period, now=now)
-    if conn.execute(_claim_statement(), params).rowcount == 1:
+    if _claim_statement().execute(conn, params).rowcount == 1:
         return True
     if not _insert_row(conn, charge, 0, 0, 0):
         return False
-    return conn.execute(_claim_statement(), params).rowcount == 1
+    return _claim_statement().execute(conn, params).rowcount == 1
 
 
 # ---------------------------------------------------------------------------

@@ -18,6 +18,7 @@ nothing relies on catching duplicate-key errors:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -97,8 +98,14 @@ def insert_if_absent(conn: Connection, table: sa.Table, values: Mapping[str, Any
     auto-increment primary key (see :func:`inserted`).
     """
     dialect = conn.dialect.name
-    result = conn.execute(insert_ignore(table, dialect).values(**values))
+    result = conn.execute(_insert_ignore_cached(table, dialect), dict(values))
     return inserted(dialect, result)
+
+
+@functools.lru_cache(maxsize=256)
+def _insert_ignore_cached(table: sa.Table, dialect: str) -> sa.Insert:
+    """:func:`insert_ignore` built once per table and dialect (the values are bound)."""
+    return insert_ignore(table, dialect)
 
 
 def upsert(table: sa.Table, dialect: str, keys: Sequence[str], update: Sequence[str]) -> sa.Insert:

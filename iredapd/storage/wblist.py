@@ -40,30 +40,39 @@ writers never fail on a duplicate key.
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from iredapd.lookup import MAILADDR_PRIORITIES, AddressType, cidr_prefix, classify_address
+from iredapd.storage.cache import KeyedQuery
 from iredapd.storage.schema import mailaddr, outbound_wblist, users, wblist
 from iredapd.storage.upsert import insert_ignore, upsert
 
 __all__ = [
+    "LIST_LIMIT",
+    "AccountList",
     "Deleted",
     "InvalidAccount",
     "WBHit",
+    "WBRow",
+    "account_lists",
     "account_wblist",
     "add_wblist",
     "delete_all_wblist",
     "delete_wblist",
     "hit_statement",
+    "network_prefixes",
     "normalise_addresses",
+    "pairs_statement",
     "pick_hit",
     "user_id",
+    "users_with_prefix",
 ]
 
 WB_VALUES = ("W", "B")
@@ -161,6 +170,157 @@ def hit_statement(
             )
         )
         .where(account_match, address_match, link.c.wb.in_(WB_VALUES))
+    )
+
+
+class WBRow(NamedTuple):
+    """One listed pair, as :func:`hit_statement` returns it."""
+
+    account_id: int
+    account_priority: int
+    account: str
+    address_id: int
+    address_priority: int
+    address: str
+    wb: str
+
+
+class AccountList:
+    """The listed pairs of one local account in one direction, for the cache.
+
+    :meth:`matching` returns the pairs :func:`hit_statement` would have
+    returned for this account: external address one of the candidates, or
+    starting with one of the network prefixes (the range of
+    :func:`_starts_with`).
+    """
+
+    __slots__ = ("_by_address", "_sorted", "rows")
+
+    def __init__(self, rows: Iterable[WBRow]) -> None:
+        self.rows = tuple(rows)
+        by_address: dict[str, list[WBRow]] = {}
+        for row in self.rows:
+            by_address.setdefault(row.address, []).append(row)
+        self._by_address = by_address
+        self._sorted = sorted(by_address)
+
+    def matching(self, addresses: Iterable[str], prefixes: Sequence[str] = ()) -> list[WBRow]:
+        """Pairs whose address is one of ``addresses`` or starts with one of ``prefixes``."""
+        by_address = self._by_address
+        found: dict[str, list[WBRow]] = {}
+        for address in addresses:
+            rows = by_address.get(address)
+            if rows is not None:
+                found[address] = rows
+        if prefixes and self._sorted:
+            ordered = self._sorted
+            for prefix in prefixes:
+                start = bisect.bisect_left(ordered, prefix)
+                for address in ordered[start:]:
+                    if not address.startswith(prefix):
+                        break
+                    found[address] = by_address[address]
+        return [row for rows in found.values() for row in rows]
+
+
+def network_prefixes(client_address: str) -> list[str]:
+    """Prefixes of the stored networks that may hold the client (empty: not an IP)."""
+    return _network_prefixes(client_address) if client_address else []
+
+
+def _list_query(outbound: bool, limit: int) -> KeyedQuery:
+    link = outbound_wblist if outbound else wblist
+    local_key, external_key = ("sid", "rid") if outbound else ("rid", "sid")
+    return KeyedQuery(
+        users.c.email,
+        [
+            users.c.id,
+            users.c.priority,
+            mailaddr.c.id,
+            mailaddr.c.priority,
+            mailaddr.c.email,
+            link.c.wb,
+        ],
+        select_from=users.join(link, link.c[local_key] == users.c.id).join(
+            mailaddr, mailaddr.c.id == link.c[external_key]
+        ),
+        where=[link.c.wb.in_(WB_VALUES)],
+        limit=limit,
+    )
+
+
+#: Pairs of one account read into the cache at most; an account with more
+#: is looked up per request (only its pairs that can match).
+LIST_LIMIT: Final = 10_000
+_LISTS = {outbound: _list_query(outbound, LIST_LIMIT) for outbound in (False, True)}
+
+
+def account_lists(
+    conn: Connection, accounts: Sequence[str], *, outbound: bool
+) -> dict[str, AccountList | None]:
+    """Every listed pair of each local account (``users.email``), one SELECT.
+
+    None for an account with more than :data:`LIST_LIMIT` pairs.
+    """
+    found = _LISTS[outbound].run_bounded(conn, accounts)
+    out: dict[str, AccountList | None] = {}
+    for account, rows in found.items():
+        if rows is None:
+            out[account] = None
+            continue
+        out[account] = AccountList(
+            WBRow(int(r[0]), int(r[1]), account, int(r[2]), int(r[3]), str(r[4]), str(r[5]))
+            for r in rows
+        )
+    return out
+
+
+_PREFIX_USERS = sa.select(users.c.email).where(
+    users.c.email >= sa.bindparam("lo", type_=users.c.email.type),
+    users.c.email < sa.bindparam("hi", type_=users.c.email.type),
+)
+
+
+def users_with_prefix(conn: Connection, prefixes: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """The ``users.email`` values starting with each prefix (outbound network entries)."""
+    out: dict[str, tuple[str, ...]] = {}
+    for prefix in prefixes:
+        upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        rows = conn.execute(_PREFIX_USERS, {"lo": prefix, "hi": upper})
+        out[prefix] = tuple(str(row[0]) for row in rows)
+    return out
+
+
+def pairs_statement(
+    *,
+    outbound: bool,
+    accounts: Sequence[str],
+    addresses: Sequence[str],
+    prefixes: Sequence[str] = (),
+) -> sa.Select[Any]:
+    """:func:`hit_statement` for given accounts only (no network look-up on the
+    account side), with ``prefixes`` on the address side: for the accounts
+    too big for the cache."""
+    link = outbound_wblist if outbound else wblist
+    local_key, external_key = ("sid", "rid") if outbound else ("rid", "sid")
+    address_match: list[sa.ColumnElement[bool]] = [mailaddr.c.email.in_(list(addresses))]
+    address_match.extend(_starts_with(mailaddr.c.email, p) for p in prefixes)
+    return (
+        sa.select(
+            users.c.id.label("account_id"),
+            users.c.priority.label("account_priority"),
+            users.c.email.label("account"),
+            mailaddr.c.id.label("address_id"),
+            mailaddr.c.priority.label("address_priority"),
+            mailaddr.c.email.label("address"),
+            link.c.wb,
+        )
+        .select_from(
+            users.join(link, link.c[local_key] == users.c.id).join(
+                mailaddr, mailaddr.c.id == link.c[external_key]
+            )
+        )
+        .where(users.c.email.in_(list(accounts)), sa.or_(*address_match), link.c.wb.in_(WB_VALUES))
     )
 
 
