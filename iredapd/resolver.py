@@ -6,6 +6,8 @@ the hot path of a policy server:
 
 * **Every query has a deadline** (``timeout``): a name server that never answers
   costs the one request that asked, never the event loop or other requests.
+  Within it a query is sent ``attempts`` times (a lost UDP datagram costs a
+  resend, not the whole deadline).
 * **Outcomes are values, not exceptions.**  :meth:`Resolver.query` returns a
   :class:`DNSAnswer` whose :class:`DNSStatus` tells records found (``OK``),
   the name does not exist (``NXDOMAIN``), the name exists without records of
@@ -264,6 +266,8 @@ class Resolver:
             (once, here).  When given, the system configuration is never read.
         port: the servers' port.
         timeout: deadline of one query in seconds, retries included.
+        attempts: how many times a query unanswered is sent within ``timeout``
+            (each attempt waits ``timeout / attempts``; 1 sends it once).
         cache_size: most answers kept; 0 disables the cache.
         max_ttl: cap on how long a positive answer is kept.
         negative_ttl: cap on how long NXDOMAIN/NODATA is kept (also the value
@@ -277,6 +281,7 @@ class Resolver:
         *,
         port: int = 53,
         timeout: float = 3.0,
+        attempts: int = 2,
         cache_size: int = 10000,
         max_ttl: float = 3600,
         negative_ttl: float = 60,
@@ -287,8 +292,12 @@ class Resolver:
         else:
             self._dns = dns.asyncresolver.Resolver(configure=False)
             self._dns.nameservers = list(nameservers)
+        if attempts < 1:
+            raise ValueError(f"attempts must be at least 1, not {attempts}")
         self._dns.port = port
-        self._dns.timeout = timeout
+        # dnspython waits ``timeout`` for each attempt and sends again (after a
+        # short back-off) until ``lifetime`` is over.
+        self._dns.timeout = timeout / attempts
         self._dns.lifetime = timeout
         self._dns.use_edns(0, 0, EDNS_PAYLOAD)
         self._dns.cache = None  # ours is below; dnspython's would hide TTL handling

@@ -297,3 +297,10 @@ def test_soa_negative_ttl() -> None:
     assert resolver_module._soa_negative_ttl(response) == 60
     soa.ttl = 30
     assert resolver_module._soa_negative_ttl(response) == 30
+
+
+def test_attempts_split_the_deadline() -> None:
+    r = Resolver(["192.0.2.53"], timeout=3.0, attempts=3)
+    assert (r._dns.timeout, r._dns.lifetime, r.timeout) == (1.0, 3.0, 3.0)
+    with pytest.raises(ValueError, match="attempts must be at least 1"):
+        Resolver(["192.0.2.53"], attempts=0)
