@@ -4,24 +4,18 @@
 row", and every deferred attempt is counted once: many requests at the same
 time through two daemons' connection pools (in-process), then through two
 real daemon processes on one MariaDB and one PostgreSQL database.
-
-The daemon processes cannot use the built-in plugin as is: the account
-backends for mysql/pgsql are not written yet (Services.vmail is None there),
-and greylisting requires ``vmail`` for the alias-domain lookup.  They load
-``greylisting_novmail`` from a test plugin directory instead: the built-in
-plugin class with the alias lookup answering "not an alias domain".
 """
 
 from __future__ import annotations
 
 import asyncio
-import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from iredapd.chain import Chain, builtin_plugin_dir
+from iredapd.chain import Chain
+from iredapd.storage.migrate import upgrade
 from tests.plugins.test_greylisting import (  # noqa: F401 - fixtures
     CLIENT,
     DAY,
@@ -112,42 +106,26 @@ async def test_concurrent_distinct_triplets_of_one_client(env: GreylistEnv) -> N
 # Two daemon processes on one database
 # ---------------------------------------------------------------------------
 
-NOVMAIL_PLUGIN = """
-import importlib.util
-
-_spec = importlib.util.spec_from_file_location(
-    "_builtin_greylisting", {path!r}
-)
-_module = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_module)
-
-
-class GreylistingNoVmail(_module.Greylisting):
-    # Until the SQL account backend lands: no vmail, so no alias domains.
-    requires = frozenset({{"iredapd"}})
-
-    async def alias_target(self, ctx, domain):
-        return None
-"""
-
 
 @pytest.mark.slow
+@pytest.mark.parametrize("gl_database", ["mariadb", "pgsql"], indirect=True)
 async def test_two_daemon_processes_count_exactly(
     env: GreylistEnv, base: dict[str, Any], tmp_path: Path
 ) -> None:
-    if base["backend"] == "sqlite":
-        pytest.skip("shared-database instances are a MariaDB/PostgreSQL set-up")
-    plugin_dir = tmp_path / "plugins"
-    plugin_dir.mkdir()
-    source = builtin_plugin_dir() / "greylisting.py"
-    (plugin_dir / "greylisting_novmail.py").write_text(
-        textwrap.dedent(NOVMAIL_PLUGIN.format(path=str(source)))
-    )
+    """Two daemons on one MariaDB / PostgreSQL database (SQLite is one host's file)."""
+    # The real plugin: its alias-domain lookup goes to the vmail tables, here
+    # in the same database.
+    upgrade(env.engine, "vmail", create_foreign=True)
+    vmail = {
+        key.replace("iredapd_db_", "vmail_db_"): value
+        for key, value in base.items()
+        if key.startswith("iredapd_db_")
+    }
     values = {
         **base,
+        **vmail,
         **DAEMON_SETTINGS,
-        "plugins": ["greylisting_novmail"],
-        "PLUGIN_DIRS": [str(plugin_dir)],
+        "plugins": ["greylisting"],
         "LOG_SMTP_SESSIONS": False,
     }
     settings = "".join(f"{k} = {v!r}\n" for k, v in values.items())
