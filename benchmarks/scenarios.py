@@ -94,14 +94,14 @@ __all__ = [
 ]
 
 CHAINS: dict[str, tuple[str, ...]] = {
-    # issue 1: the access checks of a submission/relay server
+    # issue 3: the access checks of a submission/relay server
     "access": (
         "reject_null_sender",
         "reject_sender_login_mismatch",
         "sql_alias_access_policy",
         "sql_ml_access_policy",
     ),
-    # issue 2: iRedAPD's default chain (iRedMail's settings.py)
+    # issue 4: iRedAPD's default chain (iRedMail's settings.py)
     "default": (
         "reject_null_sender",
         "wblist_rdns",
