@@ -50,13 +50,14 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 from iredapd.config import Settings
 from iredapd.lookup import policy_addresses, wildcard_address, wildcard_ipv4
 from iredapd.plugin import SMTP_ACTIONS, Action, Context, Plugin
 from iredapd.services import Services
-from iredapd.storage.cache import MISSING, TTLCache
+from iredapd.storage.cache import TTLCache
 from iredapd.storage.db import Database
 from iredapd.storage.wblist import (
     AccountList,
@@ -110,8 +111,11 @@ class AmavisdWblist(Plugin):
     def __init__(self, name: str, settings: Settings, services: Services) -> None:
         super().__init__(name, settings, services)
         ttl = settings.CACHE_TTL
-        #: (outbound, users.email) -> its listed pairs (None: too many to keep)
-        self._lists: TTLCache[tuple[bool, str], AccountList | None] = TTLCache(ttl, _CACHE_SIZE)
+        #: per direction (outbound?): users.email -> its listed pairs (None: too
+        #: many to keep)
+        self._lists: dict[bool, TTLCache[str, AccountList | None]] = {
+            outbound: TTLCache(ttl, _CACHE_SIZE) for outbound in (False, True)
+        }
         #: network prefix -> the users.email values starting with it (outbound)
         self._prefix_users: TTLCache[str, tuple[str, ...]] = TTLCache(ttl, 1024)
 
@@ -177,7 +181,7 @@ class AmavisdWblist(Plugin):
         assert db is not None  # checked in check()
         client = ctx.request.client_address
         rows: list[Any]
-        if self._lists.enabled:
+        if self._lists[outbound].enabled:
             rows = await self._cached_rows(db, outbound, accounts, addresses, client)
         else:
             stmt = hit_statement(
@@ -217,43 +221,19 @@ class AmavisdWblist(Plugin):
     async def _account_lists(
         self, db: Database, outbound: bool, keys: list[str]
     ) -> dict[str, AccountList | None]:
-        cache = self._lists
-        out: dict[str, AccountList | None] = {}
-        missing: list[str] = []
-        for key in keys:
-            found = cache.get((outbound, key))
-            if found is MISSING:
-                missing.append(key)
-            else:
-                out[key] = found
-        if missing:
-            fresh = await db.run(
-                functools.partial(account_lists, accounts=missing, outbound=outbound),
-                idempotent=True,
-            )
-            for key, found in fresh.items():
-                cache.put((outbound, key), found)
-            out.update(fresh)
-        return out
+        def fetch(missing: list[str]) -> Awaitable[dict[str, AccountList | None]]:
+            query = functools.partial(account_lists, accounts=missing, outbound=outbound)
+            return db.run(query, idempotent=True)
+
+        return await self._lists[outbound].get_many(keys, fetch)
 
     async def _users_with(self, db: Database, prefixes: list[str]) -> list[str]:
-        cache = self._prefix_users
-        found: list[str] = []
-        missing: list[str] = []
-        for prefix in prefixes:
-            emails = cache.get(prefix)
-            if emails is MISSING:
-                missing.append(prefix)
-            else:
-                found.extend(emails)
-        if missing:
-            fresh = await db.run(
-                functools.partial(users_with_prefix, prefixes=missing), idempotent=True
-            )
-            for prefix, emails in fresh.items():
-                cache.put(prefix, emails)
-                found.extend(emails)
-        return list(dict.fromkeys(found))
+        def fetch(missing: list[str]) -> Awaitable[dict[str, tuple[str, ...]]]:
+            query = functools.partial(users_with_prefix, prefixes=missing)
+            return db.run(query, idempotent=True)
+
+        found = await self._prefix_users.get_many(prefixes, fetch)
+        return list(dict.fromkeys(e for p in prefixes for e in found[p]))
 
     @staticmethod
     def _log(ctx: Context, direction: str, hit: WBHit) -> None:

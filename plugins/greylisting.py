@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Awaitable
 
 from sqlalchemy.engine import Connection
 
@@ -57,7 +58,6 @@ from iredapd.lookup import is_ipv4, parse_ip, policy_addresses
 from iredapd.plugin import SMTP_ACTIONS, Action, Context, Plugin
 from iredapd.services import Services
 from iredapd.storage import greylisting as store
-from iredapd.storage.cache import MISSING
 from iredapd.storage.db import Database
 
 log = logging.getLogger(__name__)
@@ -163,21 +163,13 @@ class Greylisting(Plugin):
     async def _policies(self, db: Database, recipients: list[str]) -> list[store.AccountPolicy]:
         """Whitelists and settings of each recipient key: cached, else one trip to the pool."""
         cache = store.policy_cache(db, self.settings.CACHE_TTL)
-        found: dict[str, store.AccountPolicy] = {}
-        missing: list[str] = []
-        for key in recipients:
-            policy = cache.get(key)
-            if policy is MISSING:
-                missing.append(key)
-            else:
-                found[key] = policy
-        if missing:
-            fresh = await db.run(
+
+        def fetch(missing: list[str]) -> Awaitable[dict[str, store.AccountPolicy]]:
+            return db.run(
                 functools.partial(store.account_policies, accounts=missing), idempotent=True
             )
-            for key, policy in fresh.items():
-                cache.put(key, policy)
-            found.update(fresh)
+
+        found = await cache.get_many(recipients, fetch)
         return [found[key] for key in recipients]
 
     async def _spf_pass(self, ctx: Context, domain: str, client: str) -> bool:

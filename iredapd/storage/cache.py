@@ -21,7 +21,7 @@ import asyncio
 import functools
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any, Final, Generic, TypeVar
 
 import sqlalchemy as sa
@@ -78,6 +78,29 @@ class TTLCache(Generic[K, V]):
         data.move_to_end(key)
         while len(data) > self.max_entries:
             data.popitem(last=False)
+
+    async def get_many(
+        self, keys: Iterable[K], fetch: Callable[[list[K]], Awaitable[Mapping[K, V]]]
+    ) -> dict[K, V]:
+        """The values of ``keys``: the cached ones, the others from one ``fetch``.
+
+        ``fetch(missing)`` answers every key it is given (it is called only
+        when some are missing); its answers are kept.
+        """
+        out: dict[K, V] = {}
+        missing: list[K] = []
+        for key in keys:
+            value = self.get(key)
+            if value is MISSING:
+                missing.append(key)
+            else:
+                out[key] = value
+        if missing:
+            fresh = await fetch(list(dict.fromkeys(missing)))
+            for key, value in fresh.items():
+                self.put(key, value)
+            out.update(fresh)
+        return out
 
     def discard(self, key: K) -> None:
         """Forget ``key`` (this process changed what it stands for)."""

@@ -142,8 +142,6 @@ def hit_statement(
     sender's keys (``users``, networks looked up there too), ``addresses`` the
     recipient's keys (``mailaddr``).
     """
-    link = outbound_wblist if outbound else wblist
-    local_key, external_key = ("sid", "rid") if outbound else ("rid", "sid")
     account_match = (
         _matches(users.c.email, accounts, client_address)
         if outbound
@@ -154,23 +152,31 @@ def hit_statement(
         if outbound
         else _matches(mailaddr.c.email, addresses, client_address)
     )
-    return (
-        sa.select(
-            users.c.id.label("account_id"),
-            users.c.priority.label("account_priority"),
-            users.c.email.label("account"),
-            mailaddr.c.id.label("address_id"),
-            mailaddr.c.priority.label("address_priority"),
-            mailaddr.c.email.label("address"),
-            link.c.wb,
+    return _pairs(outbound).where(account_match, address_match, _listed(outbound))
+
+
+def _pairs(outbound: bool) -> sa.Select[Any]:
+    """The listed (account, address) pairs of one direction, as :class:`WBRow` columns."""
+    link = outbound_wblist if outbound else wblist
+    local_key, external_key = ("sid", "rid") if outbound else ("rid", "sid")
+    return sa.select(
+        users.c.id.label("account_id"),
+        users.c.priority.label("account_priority"),
+        users.c.email.label("account"),
+        mailaddr.c.id.label("address_id"),
+        mailaddr.c.priority.label("address_priority"),
+        mailaddr.c.email.label("address"),
+        link.c.wb,
+    ).select_from(
+        users.join(link, link.c[local_key] == users.c.id).join(
+            mailaddr, mailaddr.c.id == link.c[external_key]
         )
-        .select_from(
-            users.join(link, link.c[local_key] == users.c.id).join(
-                mailaddr, mailaddr.c.id == link.c[external_key]
-            )
-        )
-        .where(account_match, address_match, link.c.wb.in_(WB_VALUES))
     )
+
+
+def _listed(outbound: bool) -> sa.ColumnElement[bool]:
+    """Rows with a white/black verdict (other ``wb`` values are ignored)."""
+    return (outbound_wblist if outbound else wblist).c.wb.in_(WB_VALUES)
 
 
 class WBRow(NamedTuple):
@@ -301,26 +307,10 @@ def pairs_statement(
     """:func:`hit_statement` for given accounts only (no network look-up on the
     account side), with ``prefixes`` on the address side: for the accounts
     too big for the cache."""
-    link = outbound_wblist if outbound else wblist
-    local_key, external_key = ("sid", "rid") if outbound else ("rid", "sid")
     address_match: list[sa.ColumnElement[bool]] = [mailaddr.c.email.in_(list(addresses))]
     address_match.extend(_starts_with(mailaddr.c.email, p) for p in prefixes)
-    return (
-        sa.select(
-            users.c.id.label("account_id"),
-            users.c.priority.label("account_priority"),
-            users.c.email.label("account"),
-            mailaddr.c.id.label("address_id"),
-            mailaddr.c.priority.label("address_priority"),
-            mailaddr.c.email.label("address"),
-            link.c.wb,
-        )
-        .select_from(
-            users.join(link, link.c[local_key] == users.c.id).join(
-                mailaddr, mailaddr.c.id == link.c[external_key]
-            )
-        )
-        .where(users.c.email.in_(list(accounts)), sa.or_(*address_match), link.c.wb.in_(WB_VALUES))
+    return _pairs(outbound).where(
+        users.c.email.in_(list(accounts)), sa.or_(*address_match), _listed(outbound)
     )
 
 

@@ -23,9 +23,10 @@ from iredapd.backends.fake import FakeAccounts
 from iredapd.chain import Chain
 from iredapd.request import PolicyRequest
 from iredapd.services import Services
+from iredapd.storage import wblist as wblist_store
 from iredapd.storage.migrate import upgrade
 from iredapd.storage.schema import mailaddr, outbound_wblist, users, wblist
-from iredapd.storage.wblist import hit_statement, pick_hit
+from iredapd.storage.wblist import WBRow, hit_statement, pick_hit
 from tests.support.databases import backend_params, require_service, temporary_database
 
 NOW = 1_700_000_000.0
@@ -427,10 +428,21 @@ def _expected(case: Case, backend: str) -> str:
     return case.mysql if backend == "mariadb" and case.mysql is not None else case.expected
 
 
+@pytest.fixture(params=["cached", "uncached", "big-lists"])
+def caching(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """The three ways to a hit: each account's whole list cached; one query per
+    request (CACHE_TTL = 0); lists over the limit, queried per request for
+    the candidates only (the limit lowered to 1 pair here)."""
+    if request.param == "big-lists":
+        small = {outbound: wblist_store._list_query(outbound, 1) for outbound in (False, True)}
+        monkeypatch.setattr(wblist_store, "_LISTS", small)
+    return {"CACHE_TTL": 0} if request.param == "uncached" else {}
+
+
 @pytest.mark.parametrize("case", _cases(INBOUND) + _cases(OUTBOUND_CASES))
-async def test_decision(env: Any, case: Case) -> None:
+async def test_decision(env: Any, case: Case, caching: dict[str, Any]) -> None:
     backend, services = env
-    chain = chain_for(services, "amavisd_wblist", **dict(case.settings))
+    chain = chain_for(services, "amavisd_wblist", **caching, **dict(case.settings))
     request = rcpt(
         sender=case.sender,
         recipient=case.recipient,
@@ -440,6 +452,33 @@ async def test_decision(env: Any, case: Case) -> None:
     decision = await chain.evaluate(request)
     assert decision.action.text == _expected(case, backend)
     assert decision.plugin == ("" if decision.action.text == "DUNNO" else "amavisd_wblist")
+
+
+@pytest.mark.parametrize("ttl", [0, 300])
+async def test_a_list_change_applies_at_once_without_cache_else_within_the_ttl(
+    env: Any, ttl: float
+) -> None:
+    """With CACHE_TTL, a change made elsewhere (wblist_admin) applies when the
+    cached list expires (TTLCache's own tests) or on reload (a new chain)."""
+    _backend, services = env
+    request = rcpt(
+        sender="newcomer@ext.org", recipient="r1@example.com", client_address="203.0.113.200"
+    )
+    chain = chain_for(services, "amavisd_wblist", CACHE_TTL=ttl)
+    assert (await chain.evaluate(request)).action.text == "DUNNO"
+    assert services.amavisd_db is not None
+    engine = services.amavisd_db.engine
+    with engine.begin() as conn:
+        conn.execute(mailaddr.insert().values(id=900, email="newcomer@ext.org", priority=10))
+        conn.execute(wblist.insert().values(rid=2, sid=900, wb="B"))
+    try:
+        assert (await chain.evaluate(request)).action.text == (REJECT if ttl == 0 else "DUNNO")
+        reloaded = chain_for(services, "amavisd_wblist", CACHE_TTL=ttl)
+        assert (await reloaded.evaluate(request)).action.text == REJECT
+    finally:
+        with engine.begin() as conn:
+            conn.execute(wblist.delete().where(wblist.c.sid == 900))
+            conn.execute(mailaddr.delete().where(mailaddr.c.id == 900))
 
 
 async def test_other_states_are_not_checked(env: Any) -> None:
@@ -492,15 +531,7 @@ async def test_alias_lookups_are_shared_within_a_request(env: Any) -> None:
 # ---------------------------------------------------------------------------
 
 
-@dataclass
-class Row:
-    account_id: int
-    account_priority: int
-    account: str
-    address_id: int
-    address_priority: int
-    address: str
-    wb: str
+Row = WBRow
 
 
 @pytest.mark.parametrize(

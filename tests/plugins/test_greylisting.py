@@ -706,6 +706,22 @@ async def test_whitelist_checked_before_spf(gl_env: GreylistEnv) -> None:
     assert SPFServices.calls == []
 
 
+@pytest.mark.parametrize("ttl", [0, 300])
+async def test_a_whitelist_added_elsewhere_applies_at_once_without_cache_else_within_the_ttl(
+    gl_env: GreylistEnv, ttl: float
+) -> None:
+    """Settings and whitelists are cached per recipient for CACHE_TTL; a row a
+    tool or another daemon adds applies when that expires (TTLCache's own
+    tests) or on reload (new services, a new cache)."""
+    env = gl_env
+    chain = env.chain(CACHE_TTL=ttl)
+    env.enable()
+    assert await ask(chain) == GREYLISTED
+    env.insert("whitelists", account="@.", sender=SENDER, comment="")
+    assert await ask(chain) == ("DUNNO" if ttl == 0 else GREYLISTED)
+    assert await ask(env.chain(CACHE_TTL=ttl)) == "DUNNO"
+
+
 # ---------------------------------------------------------------------------
 # Library helpers (§10.6) on every backend
 # ---------------------------------------------------------------------------

@@ -61,11 +61,13 @@ TABLE = {
 }
 
 
+@pytest.mark.parametrize("ttl", [pytest.param(60, id="cached"), pytest.param(0, id="uncached")])
 @pytest.mark.parametrize("row", [pytest.param(row, id=key) for key, row in TABLE.items()])
-async def test_decision(env: Any, row: tuple[str, str, str, str, str | None]) -> None:
+async def test_decision(env: Any, row: tuple[str, str, str, str, str | None], ttl: float) -> None:
     backend, services = env
     name, client, sasl, expected, on_mysql = row
-    chain = chain_for(services, "wblist_rdns", MYNETWORKS=["192.168.1.0/24", "10.*.*.*"])
+    mynetworks = ["192.168.1.0/24", "10.*.*.*"]
+    chain = chain_for(services, "wblist_rdns", MYNETWORKS=mynetworks, CACHE_TTL=ttl)
     request = rcpt(
         reverse_client_name=name,
         client_address=client,
@@ -77,6 +79,48 @@ async def test_decision(env: Any, row: tuple[str, str, str, str, str | None]) ->
     want = on_mysql if backend == "mariadb" and on_mysql is not None else expected
     assert decision.action.text == want
     assert decision.plugin == ("" if want == "DUNNO" else "wblist_rdns")
+
+
+@pytest.mark.parametrize("ttl", [0, 300])
+async def test_a_new_row_applies_at_once_without_cache_else_within_the_ttl(
+    env: Any, ttl: float
+) -> None:
+    """With CACHE_TTL the table is read at most once per TTL (the snapshot and
+    the answers expire: TTLCache's and Snapshot's own tests); a reload reads it."""
+    _backend, services = env
+    request = rcpt(reverse_client_name="mx.new-spammer.example", client_address="203.0.113.5")
+    chain = chain_for(services, "wblist_rdns", CACHE_TTL=ttl)
+    assert (await chain.evaluate(request)).action.text == "DUNNO"
+    engine = services.iredapd_db.engine
+    with engine.begin() as conn:
+        conn.execute(wblist_rdns.insert().values(rdns=".new-spammer.example", wb="B"))
+    try:
+        assert (await chain.evaluate(request)).action.text == (REJECT if ttl == 0 else "DUNNO")
+        reloaded = chain_for(services, "wblist_rdns", CACHE_TTL=ttl)
+        assert (await reloaded.evaluate(request)).action.text == REJECT
+    finally:
+        with engine.begin() as conn:
+            conn.execute(wblist_rdns.delete().where(wblist_rdns.c.rdns == ".new-spammer.example"))
+
+
+async def test_a_name_the_snapshot_may_match_is_asked_of_the_database(env: Any) -> None:
+    """A row equal to a name only loosely (here: in case) is not ruled out by
+    the snapshot: the database compares, as without cache (MySQL's collation
+    ignores case, PostgreSQL's and SQLite's do not)."""
+    backend, services = env
+    engine = services.iredapd_db.engine
+    with engine.begin() as conn:
+        conn.execute(wblist_rdns.insert().values(rdns="Mixed.Case.example", wb="B"))
+    try:
+        chain = chain_for(services, "wblist_rdns")
+        request = rcpt(reverse_client_name="mixed.case.example", client_address="203.0.113.5")
+        expected = REJECT if backend == "mariadb" else "DUNNO"
+        assert (await chain.evaluate(request)).action.text == expected
+        uncached = chain_for(services, "wblist_rdns", CACHE_TTL=0)
+        assert (await uncached.evaluate(request)).action.text == expected
+    finally:
+        with engine.begin() as conn:
+            conn.execute(wblist_rdns.delete().where(wblist_rdns.c.rdns == "Mixed.Case.example"))
 
 
 async def test_discard_instead_of_reject(env: Any) -> None:
