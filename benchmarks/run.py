@@ -131,6 +131,13 @@ def daemon_target(name: str, plugins: list[str], extra_settings: list[str]) -> T
 def default_targets(extra_settings: list[str]) -> list[Target]:
     return [
         daemon_target("iredapd (no plugins)", [], extra_settings),
+        # the protocol and chain alone: no smtp_sessions rows (an SQLite
+        # INSERT per END-OF-MESSAGE request, written by a thread)
+        daemon_target(
+            "iredapd (no plugins, LOG_SMTP_SESSIONS = False)",
+            [],
+            ["LOG_SMTP_SESSIONS = False", *extra_settings],
+        ),
         daemon_target(
             "iredapd (reject_null_sender, reject_to_hostname)",
             ["reject_null_sender", "reject_to_hostname"],
