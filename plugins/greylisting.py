@@ -29,7 +29,9 @@ Settings
     ``MYNETWORKS``, ``srs_domain`` (no SPF check for senders at it),
     ``CACHE_TTL``: settings and whitelists are cached this long (seconds), so
     a change made with ``greylisting_admin.py`` or by the SPF cron tool takes
-    up to CACHE_TTL seconds to apply; triplets are never cached.
+    up to CACHE_TTL seconds to apply; a client that passed is remembered as
+    long (its expiry is renewed when that runs out); triplets are never
+    cached.
 
 Tables (iredapd database)
     ``greylisting`` (settings), ``greylisting_whitelists`` (manual and
@@ -58,6 +60,7 @@ from iredapd.lookup import is_ipv4, parse_ip, policy_addresses
 from iredapd.plugin import SMTP_ACTIONS, Action, Context, Plugin
 from iredapd.services import Services
 from iredapd.storage import greylisting as store
+from iredapd.storage.cache import TTLCache
 from iredapd.storage.db import Database
 
 log = logging.getLogger(__name__)
@@ -65,6 +68,8 @@ log = logging.getLogger(__name__)
 # Part of the plugin's deadline the SPF check may use: a slow DNS server must
 # leave time for tracking, or the plugin would fail and let the mail through.
 SPF_SHARE = 0.5
+# Clients known to have passed greylisting, kept at most (an LRU).
+PASSED_CLIENTS = 50_000
 
 
 class Greylisting(Plugin):
@@ -79,6 +84,14 @@ class Greylisting(Plugin):
         # iRedAPD computes the reply once, at load.
         self.reply = Action(f"{SMTP_ACTIONS['greylisting']} {s.GREYLISTING_MESSAGE}")
         self.spf_budget = s.plugin_timeout(self.name) * SPF_SHARE
+        # A client that passed is never greylisted again (for
+        # GREYLISTING_AUTH_TRIPLET_EXPIRE days, renewed by each message), so
+        # it is remembered for CACHE_TTL seconds: no SPF check and no
+        # database trip for its next messages; the renewal of its expiry
+        # waits until the entry expires (a minute late out of 30 days).
+        self._passed: TTLCache[str, bool] = TTLCache(
+            s.CACHE_TTL, PASSED_CLIENTS, clock=services.clock
+        )
 
     async def alias_target(self, ctx: Context, domain: str) -> str | None:
         """The target domain when ``domain`` is an alias domain (shared per request)."""
@@ -95,6 +108,9 @@ class Greylisting(Plugin):
         client = r.client_address
         if parse_ip(client) is None:
             log.debug("greylisting: client address %r is not an IP; skipped", client)
+            return None
+        if self._passed.get(client) is True:
+            log.debug("[%s] greylisting: client passed greylisting before (cached)", client)
             return None
         db = ctx.services.iredapd_db
         assert db is not None  # required
@@ -144,9 +160,12 @@ class Greylisting(Plugin):
         )
         if state is None:
             log.debug("[%s] greylisting: client passed greylisting before", client)
+            self._passed.put(client, True)
             return None
         if not state.greylist:
             log.info("[%s] greylisting: triplet %s", client, state.text)
+            if not ctx.dry_run:  # a dry run wrote nothing: the client has not passed
+                self._passed.put(client, True)
             return None
         if s.GREYLISTING_TRAINING_MODE:
             log.debug("[%s] greylisting (training mode, not deferred): %s", client, state.text)

@@ -242,6 +242,31 @@ async def test_triplet_lifecycle(gl_env: GreylistEnv) -> None:
     assert env.tracking() == [{**passed, "record_expired": T0 + 15 * MINUTE + 32 * DAY}]
 
 
+@pytest.mark.parametrize("ttl", [0, 300])
+async def test_a_passed_client_is_remembered_for_the_cache_ttl(
+    gl_env: GreylistEnv, ttl: float
+) -> None:
+    """Once a client passed, its next messages need no database trip for
+    CACHE_TTL seconds: its tracking rows deleted meanwhile (greylisting_admin,
+    cleanup) are noticed only then."""
+    env = gl_env
+    chain = env.chain(CACHE_TTL=ttl)
+    env.enable()
+    assert await ask(chain) == GREYLISTED
+    env.clock.advance(15 * MINUTE)
+    assert await ask(chain) == "DUNNO"  # passed
+    with env.engine.connect() as conn:
+        conn.execute(sa.delete(TABLES["tracking"]))
+    new = {"recipient": "dave@example.com"}
+    if ttl:
+        env.clock.advance(ttl - 1)
+        assert await ask(chain, **new) == "DUNNO"  # remembered
+        assert env.tracking() == []  # and no row touched or written
+        env.clock.advance(1)
+    assert await ask(chain, **new) == GREYLISTED
+    assert [r["recipient"] for r in env.tracking()] == ["dave@example.com"]
+
+
 async def test_expired_record_restarts_tracking(gl_env: GreylistEnv) -> None:
     env = gl_env
     chain = env.chain()
@@ -349,6 +374,8 @@ async def test_dry_run_changes_nothing(gl_env: GreylistEnv) -> None:
     env.clock.advance(15 * MINUTE)
     assert await ask(chain, dry_run=True) == "DUNNO"
     assert env.tracking() == [triplet_row()]
+    # nor does the client count as passed afterwards
+    assert await ask(chain, recipient="carol@example.com") == GREYLISTED
     # a passed client is recognised without sliding its expiry
     env.insert("tracking", **triplet_row(client_address="198.51.100.7", passed=1))
     assert await ask(chain, dry_run=True, client_address="198.51.100.7") == "DUNNO"
