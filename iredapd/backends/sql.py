@@ -40,7 +40,7 @@ from sqlalchemy.engine import Connection
 
 from iredapd.addr import is_domain
 from iredapd.backends.base import LoginMatch, PolicyKind
-from iredapd.storage.db import Database, is_statement_error
+from iredapd.storage.db import Database, Prepared, is_statement_error
 from iredapd.storage.schema import (
     alias,
     alias_domain,
@@ -112,9 +112,99 @@ def to_utc(value: object) -> dt.datetime:
         return EPOCH
 
 
-def _one(conn: Connection, stmt: sa.Select[Any]) -> Any:
+def _p(name: str) -> sa.BindParameter[Any]:
+    return sa.bindparam(f"p_{name}", type_=sa.String())
+
+
+# The statements, built and compiled once: a request's lookups only bind
+# values (``Prepared`` runs them on the DBAPI cursor where it can).
+_ad, _d, _fw = alias_domain.c, d_tbl.c, forwardings.c
+
+
+def _first(stmt: sa.Select[Any]) -> Prepared:
+    return Prepared(stmt.limit(1))
+
+
+def _own_domain(backupmx: bool) -> Prepared:
+    stmt = sa.select(_d.domain).where(_d.domain == _p("domain"), _d.active == 1)
+    return _first(stmt if backupmx else stmt.where(_d.backupmx == 0))
+
+
+def _alias_of_local(backupmx: bool) -> Prepared:
+    stmt = (
+        sa.select(_ad.target_domain)
+        .join(d_tbl, _d.domain == _ad.target_domain)
+        .where(_ad.alias_domain == _p("domain"), _d.active == 1)
+    )
+    return _first(stmt if backupmx else stmt.where(_d.backupmx == 0))
+
+
+#: (include_backupmx) -> statement
+_OWN_DOMAIN = {b: _own_domain(b) for b in (True, False)}
+_ALIAS_OF_LOCAL = {b: _alias_of_local(b) for b in (True, False)}
+_ALIAS_PAIR = _first(
+    sa.select(_ad.alias_domain).where(
+        _ad.alias_domain == _p("alias"), _ad.target_domain == _p("target")
+    )
+)
+_ANY_TARGET = _first(sa.select(_ad.target_domain).where(_ad.alias_domain == _p("domain")))
+_ANY_DOMAIN = _first(sa.select(_d.domain).where(_d.domain == _p("domain")))
+_ALIASES_OF = Prepared(
+    sa.select(_ad.alias_domain).where(_ad.target_domain == _p("domain")).order_by(_ad.alias_domain)
+)
+_PER_USER_ALIAS = _first(
+    sa.select(_fw.id).where(
+        _fw.address == _p("address"),
+        sa.or_(_fw.forwarding == _p("login"), _fw.forwarding.like(_p("pattern"), escape=_ESCAPE)),
+        _fw.is_alias == 1,
+    )
+)
+_ALIAS_MEMBER = _first(
+    sa.select(_fw.id).where(
+        _fw.address == _p("address"),
+        _fw.forwarding == _p("login"),
+        _fw.is_list == 1,
+        _fw.active == 1,
+    )
+)
+_ACTIVE_LIST = _first(
+    sa.select(maillists.c.id).where(maillists.c.address == _p("address"), maillists.c.active == 1)
+)
+_ACCESS_POLICY = {
+    kind: _first(sa.select(table.c.accesspolicy).where(table.c.address == _p("address")))
+    for kind, table in (("alias", alias), ("maillist", maillists))
+}
+_ALIAS_MEMBERS = Prepared(
+    sa.select(_fw.forwarding).where(_fw.address == _p("address"), _fw.is_list == 1).order_by(_fw.id)
+)
+_MODERATORS = Prepared(
+    sa.select(moderators.c.moderator)
+    .where(moderators.c.address == _p("address"))
+    .order_by(moderators.c.id)
+)
+_LISTED = {
+    column.name: Prepared(
+        sa.select(column.table.c.id)
+        .where(
+            column.table.c.address.in_(sa.bindparam("p_addresses", expanding=True)),
+            column == _p("sender"),
+        )
+        .limit(1)
+    )
+    for column in (moderators.c.moderator, maillist_owners.c.owner)
+}
+# The raw value (no SQLAlchemy date parsing): MySQL may hold a zero date,
+# which is "never changed", not an error.
+_PASSWORD_CHANGED = _first(
+    sa.select(sa.type_coerce(mailbox.c.passwordlastchange, sa.String())).where(
+        mailbox.c.username == _p("username")
+    )
+)
+
+
+def _one(conn: Connection, stmt: Prepared, **params: Any) -> Any:
     """The first column of the first row, or None."""
-    row = conn.execute(stmt.limit(1)).first()
+    row = stmt.execute(conn, params).first()
     return None if row is None else row[0]
 
 
@@ -147,22 +237,13 @@ class SQLAccounts:
         """See AccountBackend (§13.2 ``is_local_domain``)."""
         if not is_domain(domain) or not _storable(domain):
             return False
-        d = domain
-        own = sa.select(d_tbl.c.domain).where(d_tbl.c.domain == d, d_tbl.c.active == 1)
-        if not include_backupmx:
-            own = own.where(d_tbl.c.backupmx == 0)
-        via_alias = (
-            sa.select(alias_domain.c.alias_domain)
-            .join(d_tbl, d_tbl.c.domain == alias_domain.c.target_domain)
-            .where(alias_domain.c.alias_domain == d, d_tbl.c.active == 1)
-        )
-        if not include_backupmx:
-            via_alias = via_alias.where(d_tbl.c.backupmx == 0)
 
         def query(conn: Connection) -> bool:
-            if _one(conn, own) is not None:
+            if _one(conn, _OWN_DOMAIN[include_backupmx], p_domain=domain) is not None:
                 return True
-            return include_alias and _one(conn, via_alias) is not None
+            if not include_alias:
+                return False
+            return _one(conn, _ALIAS_OF_LOCAL[include_backupmx], p_domain=domain) is not None
 
         return await self._read(query, False)
 
@@ -170,23 +251,22 @@ class SQLAccounts:
         """See AccountBackend (§13.2 ``get_alias_target_domain``)."""
         if not is_domain(domain) or not _storable(domain):
             return None
-        stmt = (
-            sa.select(alias_domain.c.target_domain)
-            .join(d_tbl, d_tbl.c.domain == alias_domain.c.target_domain)
-            .where(alias_domain.c.alias_domain == domain, d_tbl.c.active == 1)
+        target = await self._read(
+            lambda conn: _one(conn, _ALIAS_OF_LOCAL[True], p_domain=domain), None
         )
-        target = await self._read(lambda conn: _one(conn, stmt), None)
         return str(target).lower() if target else None
 
     async def is_alias_domain_of(self, alias_domain_name: str, target_domain: str) -> bool:
         """See AccountBackend: a raw ``alias_domain`` row, no status checks (§4.5.1)."""
         if not _storable(alias_domain_name, target_domain):
             return False
-        stmt = sa.select(alias_domain.c.alias_domain).where(
-            alias_domain.c.alias_domain == alias_domain_name,
-            alias_domain.c.target_domain == target_domain,
+        return await self._read(
+            lambda conn: (
+                _one(conn, _ALIAS_PAIR, p_alias=alias_domain_name, p_target=target_domain)
+                is not None
+            ),
+            False,
         )
-        return await self._read(lambda conn: _one(conn, stmt) is not None, False)
 
     async def domain_names(self, domain: str) -> list[str]:
         """See AccountBackend: the primary domain (any status) and its alias domains."""
@@ -194,22 +274,12 @@ class SQLAccounts:
             return []
 
         def query(conn: Connection) -> list[str]:
-            target = _one(
-                conn,
-                sa.select(alias_domain.c.target_domain).where(
-                    alias_domain.c.alias_domain == domain
-                ),
-            )
+            target = _one(conn, _ANY_TARGET, p_domain=domain)
             primary = str(target) if target else domain
-            if _one(conn, sa.select(d_tbl.c.domain).where(d_tbl.c.domain == primary)) is None:
+            if _one(conn, _ANY_DOMAIN, p_domain=primary) is None:
                 return []
-            rows = conn.execute(
-                sa.select(alias_domain.c.alias_domain)
-                .where(alias_domain.c.target_domain == primary)
-                .order_by(alias_domain.c.alias_domain)
-            )
             names = [primary.lower()]
-            for (name,) in rows:
+            for (name,) in _ALIASES_OF.execute(conn, {"p_domain": primary}).rows:
                 if name and name.lower() not in names:
                     names.append(name.lower())
             return names
@@ -230,15 +300,10 @@ class SQLAccounts:
         pattern = f"{like_escape(sasl_user)}+%@{like_escape(sasl_domain)}"
 
         def per_user_alias(conn: Connection, address: str) -> bool:
-            stmt = sa.select(forwardings.c.id).where(
-                forwardings.c.address == address,
-                sa.or_(
-                    forwardings.c.forwarding == sasl_username,
-                    forwardings.c.forwarding.like(pattern, escape=_ESCAPE),
-                ),
-                forwardings.c.is_alias == 1,
+            found = _one(
+                conn, _PER_USER_ALIAS, p_address=address, p_login=sasl_username, p_pattern=pattern
             )
-            return _one(conn, stmt) is not None
+            return found is not None
 
         def query(conn: Connection) -> LoginMatch:
             real_sender = sender
@@ -246,11 +311,8 @@ class SQLAccounts:
                 if per_user_alias(conn, sender):
                     return LoginMatch(True, reason="per-user alias address")
                 if sender_domain != sasl_domain:
-                    mapped = sa.select(alias_domain.c.alias_domain).where(
-                        alias_domain.c.alias_domain == sender_domain,
-                        alias_domain.c.target_domain == sasl_domain,
-                    )
-                    if _one(conn, mapped) is not None:
+                    pair = {"p_alias": sender_domain, "p_target": sasl_domain}
+                    if _one(conn, _ALIAS_PAIR, **pair) is not None:
                         real_sender = f"{sender_name}@{sasl_domain}"
                         if sender_name == sasl_user:
                             return LoginMatch(True, reason="same user at an alias domain")
@@ -259,18 +321,10 @@ class SQLAccounts:
                                 True, reason="per-user alias address at an alias domain"
                             )
             if list_member:
-                member = sa.select(forwardings.c.id).where(
-                    forwardings.c.address == real_sender,
-                    forwardings.c.forwarding == sasl_username,
-                    forwardings.c.is_list == 1,
-                    forwardings.c.active == 1,
-                )
-                if _one(conn, member) is not None:
+                member = {"p_address": real_sender, "p_login": sasl_username}
+                if _one(conn, _ALIAS_MEMBER, **member) is not None:
                     return LoginMatch(True, reason="member of the mail alias")
-                ml = sa.select(maillists.c.id).where(
-                    maillists.c.address == real_sender, maillists.c.active == 1
-                )
-                if _one(conn, ml) is not None:
+                if _one(conn, _ACTIVE_LIST, p_address=real_sender) is not None:
                     return LoginMatch(False, mlmmj_list=real_sender)
             return LoginMatch(False)
 
@@ -282,11 +336,10 @@ class SQLAccounts:
         """See AccountBackend (§13.3); no ``active`` check, as in iRedAPD."""
         if not _storable(address):
             return None
-        table = alias if kind == "alias" else maillists
-        stmt = sa.select(table.c.accesspolicy).where(table.c.address == address).limit(1)
+        stmt = _ACCESS_POLICY["alias" if kind == "alias" else "maillist"]
 
         def query(conn: Connection) -> tuple[bool, Any]:
-            row = conn.execute(stmt).first()
+            row = stmt.execute(conn, {"p_address": address}).first()
             return (False, None) if row is None else (True, row[0])
 
         found, value = await self._read(query, (False, None))
@@ -298,42 +351,35 @@ class SQLAccounts:
         """See AccountBackend: ``forwardings`` rows with ``is_list=1`` (no ``active`` check)."""
         if not _storable(address):
             return []
-        stmt = (
-            sa.select(forwardings.c.forwarding)
-            .where(forwardings.c.address == address, forwardings.c.is_list == 1)
-            .order_by(forwardings.c.id)
+        return await self._read(
+            lambda conn: _lowered(_ALIAS_MEMBERS.execute(conn, {"p_address": address}).rows), []
         )
-        return await self._read(lambda conn: _lowered(conn.execute(stmt)), [])
 
     async def moderators(self, address: str) -> list[str]:
         """See AccountBackend: ``moderators`` rows of the alias or list."""
         if not _storable(address):
             return []
-        stmt = (
-            sa.select(moderators.c.moderator)
-            .where(moderators.c.address == address)
-            .order_by(moderators.c.id)
+        return await self._read(
+            lambda conn: _lowered(_MODERATORS.execute(conn, {"p_address": address}).rows), []
         )
-        return await self._read(lambda conn: _lowered(conn.execute(stmt)), [])
 
     async def has_moderator(self, addresses: Sequence[str], sender: str) -> bool:
         """See AccountBackend (§8 step 7)."""
-        return await self._is_listed(moderators.c.moderator, addresses, sender)
+        return await self._is_listed("moderator", addresses, sender)
 
     async def has_owner(self, addresses: Sequence[str], sender: str) -> bool:
         """See AccountBackend (§8 step 8)."""
-        return await self._is_listed(maillist_owners.c.owner, addresses, sender)
+        return await self._is_listed("owner", addresses, sender)
 
-    async def _is_listed(
-        self, column: sa.Column[Any], addresses: Sequence[str], sender: str
-    ) -> bool:
+    async def _is_listed(self, column: str, addresses: Sequence[str], sender: str) -> bool:
         """Whether ``column`` holds ``sender`` in a row of one of ``addresses``."""
         wanted = [a for a in addresses if _storable(a)]
         if not wanted or not _storable(sender):
             return False
-        table = column.table
-        stmt = sa.select(table.c.id).where(table.c.address.in_(wanted), column == sender)
-        return await self._read(lambda conn: _one(conn, stmt) is not None, False)
+        params = {"p_addresses": wanted, "p_sender": sender}
+        return await self._read(
+            lambda conn: _LISTED[column].execute(conn, params).first() is not None, False
+        )
 
     # -- passwords -----------------------------------------------------------
 
@@ -341,14 +387,9 @@ class SQLAccounts:
         """See AccountBackend (§10): ``mailbox.passwordlastchange``; no ``active`` check."""
         if not _storable(username):
             return None
-        # Read the raw value (no SQLAlchemy date parsing): MySQL may hold a zero
-        # date, which is "never changed", not an error.
-        stmt = sa.select(sa.type_coerce(mailbox.c.passwordlastchange, sa.String())).where(
-            mailbox.c.username == username
-        )
 
         def query(conn: Connection) -> tuple[bool, Any]:
-            row = conn.execute(stmt.limit(1)).first()
+            row = _PASSWORD_CHANGED.execute(conn, {"p_username": username}).first()
             return (False, None) if row is None else (True, row[0])
 
         found, value = await self._read(query, (False, None))
@@ -359,5 +400,5 @@ class SQLAccounts:
         self.db.dispose()
 
 
-def _lowered(rows: Any) -> list[str]:
+def _lowered(rows: list[tuple[Any, ...]]) -> list[str]:
     return [str(r[0]).lower() for r in rows if r[0] is not None]
