@@ -9,15 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from iredapd.storage.cache import MISSING, KeyedQuery, Snapshot, TTLCache
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
+from tests.support.dnsfixtures import FakeClock as Clock
 
 # -- TTLCache -------------------------------------------------------------------
 
