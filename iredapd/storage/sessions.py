@@ -19,6 +19,7 @@ import contextlib
 import datetime as dt
 import functools
 import logging
+import sqlite3
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
@@ -104,7 +105,38 @@ def session_row(request: PolicyRequest, action: Action, now: float) -> dict[str,
 
 
 def _insert_rows(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    conn.execute(_INSERT, rows)
+    if conn.dialect.name != "sqlite":
+        # pymysql and SQLAlchemy's psycopg2 dialect send the batch as
+        # multi-row INSERTs: one statement, one transaction
+        conn.execute(_INSERT, rows)
+        return
+    # SQLite's driver would run executemany row by row: on this autocommit
+    # connection a transaction per row, and per row a wait for the GIL the
+    # busy event loop holds (the writer falls behind under load).  Instead
+    # one transaction of multi-row INSERTs, as many rows per statement as
+    # SQLite takes bound values.
+    columns = [smtp_sessions.c[key] for key in rows[0]]  # KeyError: not a column
+    names = [c.name for c in columns]
+    dialect = conn.dialect
+    convert = [c.type.dialect_impl(dialect).bind_processor(dialect) for c in columns]
+    dbapi_conn = conn.connection.dbapi_connection
+    limit = getattr(dbapi_conn, "getlimit", lambda _: 999)(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    per_statement = max(1, limit // len(names))
+    head = f"INSERT INTO smtp_sessions ({', '.join(names)}) VALUES "  # noqa: S608 - the table's own column names
+    one = f"({', '.join('?' * len(names))})"
+    conn.exec_driver_sql("BEGIN")
+    try:
+        for i in range(0, len(rows), per_statement):
+            part = rows[i : i + per_statement]
+            values = tuple(
+                f(r[n]) if f else r[n] for r in part for n, f in zip(names, convert, strict=True)
+            )
+            conn.exec_driver_sql(head + ", ".join([one] * len(part)), values)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the first error is the one to report
+            conn.exec_driver_sql("ROLLBACK")
+        raise
+    conn.exec_driver_sql("COMMIT")
 
 
 class SessionLog:

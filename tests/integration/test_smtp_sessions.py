@@ -8,11 +8,14 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from iredapd.actions import Action
 from iredapd.config import default_settings
 from iredapd.request import PolicyRequest
-from iredapd.storage.sessions import session_row, should_log
+from iredapd.services import Services
+from iredapd.storage.schema import smtp_sessions
+from iredapd.storage.sessions import SessionLog, session_row, should_log
 from tests.support.daemon import PolicyClient, running_server, subprocess_daemon
 from tests.support.requests import EOM, RCPT_AUTH
 
@@ -52,6 +55,28 @@ def test_row_values_follow_iredapd() -> None:
     assert row["sasl_domain"] == "example.com"
     assert row["recipient_domain"] == "example.org"
     assert session_row(request, Action("DUNNO text"), 0)["reason"] == ""
+
+
+async def test_a_batch_is_written_whole_or_not_at_all(tmp_path: Path) -> None:
+    """SQLite: one transaction per batch (not one per row), so a batch that
+    fails leaves no row behind to be written twice when it is retried."""
+    services = Services(default_settings(DATA_DIR=str(tmp_path)))
+    services.open_databases()
+    db = services.iredapd_db
+    assert db is not None
+    try:
+        log = SessionLog(db)
+        good = session_row(PolicyRequest.from_attributes(EOM), Action("DUNNO"), 1700000000)
+        log.pending.extend([good, {**good, "action": None}])  # NOT NULL column
+        assert await log.flush() is False
+        assert len(log.pending) == 2  # kept for the next try
+        count = sa.select(sa.func.count()).select_from(smtp_sessions)
+        assert await db.run(lambda conn: conn.execute(count).scalar_one()) == 0
+        log.pending[1]["action"] = "REJECT"
+        assert await log.flush() is True
+        assert await db.run(lambda conn: conn.execute(count).scalar_one()) == 2
+    finally:
+        await services.close()
 
 
 async def test_rows_are_written_in_the_background(tmp_path: Path) -> None:
