@@ -21,7 +21,7 @@ import inspect
 import logging
 import sys
 import time
-from collections.abc import Coroutine, Generator, Iterable, Mapping, Sequence
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -29,6 +29,7 @@ from typing import Any
 
 import iredapd
 from iredapd.actions import DUNNO, Action, InvalidAction
+from iredapd.aio import Resume, to_task
 from iredapd.config import Settings
 from iredapd.plugin import REQUIREMENTS, Context, Plugin
 from iredapd.ratelimit import RateLimitedLog
@@ -44,7 +45,6 @@ __all__ = [
     "builtin_plugin_dir",
     "discover_plugins",
     "plugin_search_path",
-    "within",
 ]
 
 log = logging.getLogger(__name__)
@@ -193,6 +193,7 @@ class _Entry:
     timeout: float
     failure: Action
     stats: PluginStats
+    task_free: bool
 
 
 class Chain:
@@ -218,6 +219,7 @@ class Chain:
                 timeout=settings.plugin_timeout(name),
                 failure=failure,
                 stats=PluginStats(),
+                task_free=bool(getattr(plugin, "task_free", False)),
             )
             entries.append((-entry.priority, position, entry))
         entries.sort(key=lambda t: (t[0], t[1]))
@@ -343,9 +345,37 @@ class Chain:
                 if not e.failure.is_neutral:
                     return Decision(e.failure, name, steps)
                 continue
-            action, step = await self._run_one(e, ctx, budget=min(e.timeout, remaining))
-            if trace:
-                steps.append(step)
+            if not e.task_free:
+                await to_task()  # it may use asyncio.timeout() before it first waits
+            e.stats.calls += 1
+            started = time.perf_counter()
+            try:
+                # The first step runs here, inline: a plugin that answers
+                # without waiting (pure logic, a cached lookup) costs no timer
+                # and no extra coroutine; only one that waits gets a deadline.
+                coro = e.plugin.check(ctx)
+                try:
+                    result = coro.send(None)
+                except StopIteration as stop:
+                    result = stop.value
+                else:
+                    result = await _finish(coro, result, started, min(e.timeout, remaining))
+                action = _as_action(result)
+            except TimeoutError:
+                action = self._late(e, min(e.timeout, remaining))
+                if trace:
+                    steps.append(Step(name, "timeout", action.text, _since(started), "deadline"))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the chain's edge: a plugin bug is contained
+                action = self._failed(e, exc)
+                if trace:
+                    steps.append(Step(name, "failed", action.text, _since(started), f"{exc!r}"))
+            else:
+                if trace:
+                    outcome = "pass" if action is None or action.is_neutral else "action"
+                    text = action.text if action else ""
+                    steps.append(Step(name, outcome, text, _since(started)))
             if action is None or action.is_neutral:
                 continue
             e.stats.decisions += 1
@@ -358,98 +388,46 @@ class Chain:
             return Decision(header[0], header[1], steps)
         return Decision(DUNNO, "", steps)
 
-    async def _run_one(
-        self, e: _Entry, ctx: Context, *, budget: float
-    ) -> tuple[Action | None, Step]:
-        name = e.plugin.name
-        e.stats.calls += 1
-        started = time.perf_counter()
-        try:
-            result = await within(e.plugin.check(ctx), budget)
-            action = _as_action(result)
-        except TimeoutError:
-            elapsed = time.perf_counter() - started
-            e.stats.timeouts += 1
-            self._errors.error(
-                ("timeout", name),
-                "plugin %s ran past its deadline (%.1fs); action: %s",
-                name,
-                budget,
-                e.failure.text,
-            )
-            return e.failure, Step(name, "timeout", e.failure.text, elapsed, "deadline")
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the chain's edge: a plugin bug is contained
-            elapsed = time.perf_counter() - started
-            e.stats.failures += 1
-            self._errors.error(
-                ("failed", name, type(exc).__name__),
-                "plugin %s failed: %s: %s; action: %s",
-                name,
-                type(exc).__name__,
-                exc,
-                e.failure.text,
-                exc_info=exc,
-            )
-            return e.failure, Step(name, "failed", e.failure.text, elapsed, f"{exc!r}")
-        elapsed = time.perf_counter() - started
-        if action is None or action.is_neutral:
-            return action, Step(name, "pass", action.text if action else "", elapsed)
-        return action, Step(name, "action", action.text, elapsed)
+    def _late(self, e: _Entry, budget: float) -> Action:
+        """Count and log a plugin that ran past its deadline; its failure action."""
+        e.stats.timeouts += 1
+        self._errors.error(
+            ("timeout", e.plugin.name),
+            "plugin %s ran past its deadline (%.1fs); action: %s",
+            e.plugin.name,
+            budget,
+            e.failure.text,
+        )
+        return e.failure
+
+    def _failed(self, e: _Entry, exc: Exception) -> Action:
+        """Count and log a plugin that raised; its failure action."""
+        e.stats.failures += 1
+        self._errors.error(
+            ("failed", e.plugin.name, type(exc).__name__),
+            "plugin %s failed: %s: %s; action: %s",
+            e.plugin.name,
+            type(exc).__name__,
+            exc,
+            e.failure.text,
+            exc_info=exc,
+        )
+        return e.failure
 
 
-class _Resume:
-    """Awaitable that continues a coroutine already stepped once (``yield from``).
-
-    The futures the coroutine yields pass up to the running task unchanged, and
-    what the task sends or throws in (a result, a cancellation) goes back down:
-    exactly what ``await coro`` would have done had it not been started.
-    """
-
-    __slots__ = ("coro", "first")
-
-    def __init__(self, coro: Coroutine[Any, Any, Any], first: Any) -> None:
-        self.coro = coro
-        self.first = first
-
-    def __await__(self) -> Generator[Any, Any, Any]:
-        coro, yielded = self.coro, self.first
-        while True:
-            try:
-                sent = yield yielded
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as exc:  # noqa: BLE001 - cancellation goes to the plugin
-                try:
-                    yielded = coro.throw(exc)
-                except StopIteration as stop:
-                    return stop.value
-            else:
-                try:
-                    yielded = coro.send(sent)
-                except StopIteration as stop:
-                    return stop.value
+def _since(started: float) -> float:
+    return time.perf_counter() - started
 
 
-async def within(coro: Coroutine[Any, Any, Any], budget: float) -> Any:
-    """Await ``coro`` within ``budget`` seconds (TimeoutError after that).
-
-    The first step runs at once: a plugin that answers without waiting (pure
-    logic, a cached lookup) needs no timer, and arming one costs more than most
-    such plugins.  Only a plugin that waits gets the deadline.  Plugins may
-    use it for a deadline of their own (greylisting's SPF check).
-    """
-    try:
-        first = coro.send(None)
-    except StopIteration as stop:
-        return stop.value
-    except BaseException:
-        coro.close()
-        raise
-    async with asyncio.timeout(budget):
-        return await _Resume(coro, first)
+async def _finish(
+    coro: Coroutine[Any, Any, Any], yielded: Any, started: float, budget: float
+) -> Any:
+    """The rest of a plugin call that waits, within ``budget`` s of ``started``."""
+    await to_task()
+    loop = asyncio.get_running_loop()
+    when = loop.time() + budget - (time.perf_counter() - started)
+    async with asyncio.timeout_at(when):
+        return await Resume(coro, yielded)
 
 
 def _as_action(result: object) -> Action | None:

@@ -26,10 +26,10 @@ import functools
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
-from typing import TypeVar
+from typing import Final, TypeVar
 
 from iredapd.addr import is_domain, is_email, is_tld_domain
 
@@ -139,6 +139,9 @@ def _wildcard_match(pattern: str, ip: str) -> bool:
     return all(p in ("*", o) for p, o in zip(p_octets, ip_octets, strict=True))
 
 
+_SEEN_MAX: Final = 16384
+
+
 @dataclass(frozen=True, slots=True)
 class TrustedNetworks:
     """The trusted clients of ``MYNETWORKS``: exact IPs, IPv4 wildcards, networks.
@@ -151,6 +154,9 @@ class TrustedNetworks:
     addresses: frozenset[str]
     wildcards: tuple[str, ...]
     networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    #: answers per client address seen (the same clients come back all day;
+    #: parsing an address costs more than the rest of a pure plugin)
+    _seen: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_entries(cls, entries: Iterable[str]) -> TrustedNetworks:
@@ -180,6 +186,15 @@ class TrustedNetworks:
     def __contains__(self, client_address: object) -> bool:
         if not isinstance(client_address, str):
             return False
+        seen = self._seen
+        known = seen.get(client_address)
+        if known is None:
+            if len(seen) >= _SEEN_MAX:
+                seen.clear()
+            known = seen[client_address] = self._match(client_address)
+        return known
+
+    def _match(self, client_address: str) -> bool:
         ip = parse_ip(client_address)
         if ip is None:
             return False

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import quote, urlsplit
 
-from iredapd import __version__
+from iredapd import __version__, aio
 from iredapd.config import Settings
 from iredapd.ratelimit import RateLimitedLog
 
@@ -176,7 +176,7 @@ class MlmmjAdmin:
         tls = self._tls() if endpoint.scheme == "https" else None
         writer: asyncio.StreamWriter | None = None
         try:
-            async with asyncio.timeout(self.timeout):
+            async with aio.timeout(self.timeout):
                 reader, writer = await asyncio.open_connection(
                     endpoint.host,
                     endpoint.port,

@@ -93,6 +93,7 @@ class PasswordAge:
 class ForceChangePassword(Plugin):
     """Base of the two plugins; a subclass sets ``texts`` (SQL or LDAP)."""
 
+    task_free = True
     states = frozenset({"RCPT"})
     requires = frozenset({"vmail"})
     texts: ClassVar[Texts] = SQL

@@ -114,7 +114,14 @@ class Plugin:
     * ``own_settings``: extra setting names it reads, with their defaults (so a
       settings file may set them and typos are caught);
     * ``failure_action``: the action when it fails or runs late, unless the
-      admin sets PLUGIN_FAILURE_ACTIONS; None means PLUGIN_FAILURE_ACTION.
+      admin sets PLUGIN_FAILURE_ACTIONS; None means PLUGIN_FAILURE_ACTION;
+    * ``task_free``: True when ``check`` may start outside an asyncio task,
+      which spares a task per request whenever the chain needs no waiting.
+      Such a plugin takes its deadlines from :mod:`iredapd.aio` (``timeout``,
+      ``timeout_at``, ``within``) instead of ``asyncio.timeout``, and does not
+      use ``asyncio.current_task()`` or ``TaskGroup`` before its first
+      ``await`` that waits.  False (the default, safe for any plugin): the
+      chain moves into a task before calling it.
 
     The priority comes from PLUGIN_PRIORITIES or iRedAPD's table; a plugin
     that is in neither runs at 0, after the built-ins.
@@ -124,6 +131,7 @@ class Plugin:
     requires: ClassVar[frozenset[str]] = frozenset()
     own_settings: ClassVar[Mapping[str, Any]] = {}
     failure_action: ClassVar[str | None] = None
+    task_free: ClassVar[bool] = False
 
     def __init__(self, name: str, settings: Settings, services: Services) -> None:
         self.name = name

@@ -52,6 +52,8 @@ import dns.name
 import dns.rdatatype
 import dns.resolver
 
+from iredapd import aio
+
 __all__ = [
     "MX",
     "DNSAnswer",
@@ -371,7 +373,7 @@ class Resolver:
         try:
             # dnspython's lifetime may overrun by its retry back-off; the
             # asyncio deadline is the one that holds.
-            async with asyncio.timeout(self.timeout):
+            async with aio.timeout(self.timeout):
                 answer = await self._dns.resolve(
                     qname,
                     rdtype,

@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any, Final, Generic, Protocol, TypeVar, cast
 
+from iredapd.aio import Resume, step
 from iredapd.ratelimit import RateLimitedLog
 
 __all__ = ["LineServer", "LineService", "Parser", "ProtocolErrorLike"]
@@ -114,14 +115,51 @@ class _Connection(asyncio.Protocol, Generic[Item]):
             return
         if not items:
             return
+        if self.task is None:
+            # Answer at once what needs no waiting: no task, no loop turn.
+            items = self._answer_now(items)
+            if not items:
+                return
         self.queue.extend(items)
         if len(self.queue) >= MAX_QUEUED and not self._paused and self.transport is not None:
             self.transport.pause_reading()
             self._paused = True
         if self.task is None:
-            self.task = self.loop.create_task(self._serve())
-            self.server.tasks.add(self.task)
-            self.task.add_done_callback(self.server.tasks.discard)
+            self._start_task(None)
+
+    def _answer_now(self, items: list[Item]) -> list[Item]:
+        """Answer items in order as long as answers come without waiting.
+
+        Returns the items left.  The first answer that has to wait goes on in a
+        task (which then owns the connection until the queue is empty); the
+        items after it are returned for the queue.
+        """
+        transport = self.transport
+        service = self.server.service
+        for i, item in enumerate(items):
+            if self.closed or transport is None or self._can_write is not None:
+                # closed, or the peer does not read: the task's careful path
+                return items[i:]
+            coro = service.answer(item)
+            try:
+                done, result = step(coro)
+            except Exception:  # the connection's edge: log, close, keep serving others
+                log.exception("%s: error while answering %s", service.name, self.peer)
+                self._close(abort=True)
+                return []
+            if not done:
+                self._start_task(Resume(coro, result))
+                return items[i + 1 :]
+            transport.write(result)
+        if self.server.stopping or self._eof:
+            self._close()
+        return []
+
+    def _start_task(self, first: Resume | None) -> None:
+        task = self.loop.create_task(self._serve(first))
+        self.task = task
+        self.server.tasks.add(task)
+        task.add_done_callback(self.server.tasks.discard)
 
     def eof_received(self) -> bool | None:
         self._eof = True
@@ -151,12 +189,18 @@ class _Connection(asyncio.Protocol, Generic[Item]):
             self._can_write = None
 
     # -- work -------------------------------------------------------------
-    async def _serve(self) -> None:
+    async def _serve(self, first: Resume | None) -> None:
+        """Answer the queued items one after another (``first``: an answer under way)."""
         service = self.server.service
         try:
-            while self.queue and not self.closed:
-                item = self.queue.popleft()
-                reply = await service.answer(item)
+            while True:
+                if first is not None:  # under way: finish it even if the peer left
+                    reply = await first
+                    first = None
+                elif self.queue and not self.closed:
+                    reply = await service.answer(self.queue.popleft())
+                else:
+                    break
                 if self.closed or self.transport is None:
                     break
                 self.transport.write(reply)

@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TypeAlias
 
+from iredapd import aio
 from iredapd.resolver import MX, DNSAnswer, DNSSource, DNSStatus, Record
 
 __all__ = [
@@ -786,7 +787,7 @@ async def check_host(
     check = _Check(address, who, resolver, limits, clock)
     deadline = asyncio.get_running_loop().time() + limits.timeout
     try:
-        async with asyncio.timeout_at(deadline):
+        async with aio.timeout_at(deadline):
             outcome = await check.evaluate(checked)
     except _SPFError as exc:
         return replace(base, result=exc.result, problem=str(exc), lookups=check.lookups)
@@ -796,7 +797,7 @@ async def check_host(
     explanation = ""
     if outcome.result == "fail":
         try:
-            async with asyncio.timeout_at(deadline):
+            async with aio.timeout_at(deadline):
                 explanation = await check.explain(outcome)
         except TimeoutError:
             explanation = ""
@@ -1092,7 +1093,7 @@ async def spf_networks(
     if name is None:
         return SPFNetworks(domain, problems=("malformed domain",))
     try:
-        async with asyncio.timeout(time_limit):
+        async with aio.timeout(time_limit):
             await expander.walk(name)
     except _LookupCap:
         truncated = True

@@ -105,6 +105,7 @@ async def _is_local_domain(ctx: Context, domain: str) -> bool:
 class AmavisdWblist(Plugin):
     """Inbound and outbound white/blacklists of amavisd's database."""
 
+    task_free = True
     states = frozenset({"RCPT"})
     requires = frozenset({"amavisd"})
 

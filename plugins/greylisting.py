@@ -54,7 +54,7 @@ from collections.abc import Awaitable
 from sqlalchemy.engine import Connection
 
 from iredapd.addr import is_email
-from iredapd.chain import within
+from iredapd.aio import within
 from iredapd.config import Settings
 from iredapd.lookup import is_ipv4, parse_ip, policy_addresses
 from iredapd.plugin import SMTP_ACTIONS, Action, Context, Plugin
@@ -75,6 +75,7 @@ PASSED_CLIENTS = 50_000
 class Greylisting(Plugin):
     """Defer the first delivery attempt of unknown (sender, recipient, client) triplets."""
 
+    task_free = True
     states = frozenset({"RCPT"})
     requires = frozenset({"iredapd", "vmail"})
 

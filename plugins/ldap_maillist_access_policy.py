@@ -75,6 +75,7 @@ def _suffixes(domain: str) -> list[str]:
 class LdapMaillistAccessPolicy(Plugin):
     """Enforce the access policy of LDAP mailing lists (iRedAPD's §9)."""
 
+    task_free = True
     states = frozenset({"RCPT"})
     requires = frozenset({"vmail"})
 

@@ -27,6 +27,7 @@ from iredapd.plugin import Action, Context, Plugin
 class RejectNullSender(Plugin):
     """Reject the null sender when the client used SMTP AUTH."""
 
+    task_free = True
     states = frozenset({"RCPT"})
 
     async def check(self, ctx: Context) -> Action | None:

@@ -63,6 +63,7 @@ from iredapd.services import Services
 class RejectSenderLoginMismatch(Plugin):
     """Forged local senders (no SMTP AUTH) and login/sender mismatches."""
 
+    task_free = True
     states = frozenset({"RCPT"})
     requires = frozenset({"vmail"})
 

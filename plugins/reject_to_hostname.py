@@ -27,6 +27,7 @@ from iredapd.plugin import Action, Context, Plugin
 class RejectToHostname(Plugin):
     """Reject unauthenticated, untrusted mail to the server's hostname."""
 
+    task_free = True
     states = frozenset({"RCPT"})
 
     async def check(self, ctx: Context) -> Action | None:

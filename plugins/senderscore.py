@@ -29,12 +29,12 @@ Postfix
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 
 import sqlalchemy as sa
 
+from iredapd import aio
 from iredapd.plugin import SMTP_ACTIONS, Action, Context, Plugin
 from iredapd.resolver import DNSStatus
 from iredapd.storage.schema import senderscore_cache
@@ -55,6 +55,7 @@ def query_name(ip: str) -> str:
 class SenderScore(Plugin):
     """Reject clients whose Sender Score is at most SENDERSCORE_REJECT_SCORE."""
 
+    task_free = True
     states = frozenset({"RCPT"})
     requires = frozenset({"iredapd", "dns"})
 
@@ -125,7 +126,7 @@ class SenderScore(Plugin):
             return None
         name = query_name(ip)
         try:
-            async with asyncio.timeout(ctx.settings.DNS_QUERY_TIMEOUT):
+            async with aio.timeout(ctx.settings.DNS_QUERY_TIMEOUT):
                 answer = await resolver.query(name, "A")
         except TimeoutError:
             log.warning("[%s] senderscore: DNS query %s timed out", ip, name)

@@ -386,6 +386,7 @@ class _Transactions:
 class SPF(Plugin):
     """RFC 7208 check of MAIL FROM (HELO for the null sender) at RCPT."""
 
+    task_free = True
     states = frozenset({"RCPT"})
     requires = frozenset({"dns"})
     own_settings: ClassVar[Mapping[str, Any]] = MappingProxyType(

@@ -60,6 +60,7 @@ _NEEDS_MODERATORS = frozenset({MODERATORSONLY, MEMBERSANDMODERATORSONLY})
 class SqlAliasAccessPolicy(Plugin):
     """Enforce the access policy of a mail alias recipient."""
 
+    task_free = True
     states = frozenset({"RCPT"})
     requires = frozenset({"vmail"})
 

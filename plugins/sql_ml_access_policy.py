@@ -58,6 +58,7 @@ _MLMMJ_POLICIES = frozenset({MEMBERSONLY, MODERATORSONLY, MEMBERSANDMODERATORSON
 class SqlMlAccessPolicy(Plugin):
     """Enforce the domain/subdomain access policy of an mlmmj mailing list."""
 
+    task_free = True
     states = frozenset({"RCPT"})
     requires = frozenset({"vmail"})
 

@@ -294,6 +294,7 @@ class _RuleCache:
 class Throttle(Plugin):
     """iRedAPD's throttle plugin with atomic, exact counters."""
 
+    task_free = True
     states = frozenset({"END-OF-MESSAGE"})
     requires = frozenset({"vmail", "iredapd"})
 

@@ -99,6 +99,7 @@ def _loose_names(conn: Connection) -> frozenset[str] | None:
 class WblistRdns(Plugin):
     """Reject clients whose reverse DNS name is blacklisted."""
 
+    task_free = True
     states = frozenset({"RCPT"})
     requires = frozenset({"iredapd"})
 

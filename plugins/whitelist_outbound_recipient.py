@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 class WhitelistOutboundRecipient(Plugin):
     """Whitelist the external recipients of logged-in users for greylisting."""
 
+    task_free = True
     states = frozenset({"END-OF-MESSAGE"})
     requires = frozenset({"iredapd", "vmail"})
 

@@ -20,6 +20,10 @@ schema, core-and-stateful.md §16.1, §16.2, §17.9), duplicate rows are removed
   Rows with a NULL tid (allowed by iRedAPD's PostgreSQL) are left alone: NULLs
   never conflict in a unique index.
 
+On SQLite (the embedded default, which iRedAPD never used, so only this
+daemon's own) the search indexes of ``smtp_sessions`` are not kept (see
+schema.SQLITE_SKIPS): the ones an earlier version created are dropped.
+
 Transactions and concurrency: on PostgreSQL and SQLite the whole upgrade is
 one transaction (their DDL is transactional), serialised between daemons by
 ``pg_advisory_xact_lock`` / ``BEGIN IMMEDIATE``; on PostgreSQL the de-duplicated
@@ -44,7 +48,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from iredapd.storage.schema import METADATA
+from iredapd.storage.schema import METADATA, SQLITE_SKIPS
 
 __all__ = ["OWN_DATABASES", "upgrade"]
 
@@ -256,7 +260,16 @@ def _add_missing_indexes(conn: Connection, table: sa.Table) -> list[str]:
     changes: list[str] = []
     unique, ordered = _existing_indexes(conn, table.name)
     names = _index_names(conn, table.name)
+    sqlite = conn.dialect.name == "sqlite"
     for index in sorted(table.indexes, key=lambda i: (not i.unique, i.name or "")):
+        if sqlite and index.info.get(SQLITE_SKIPS):
+            if index.name in names:
+                # (index.drop() would obey the index's ddl_if and do nothing here)
+                name = conn.dialect.identifier_preparer.quote(index.name)
+                conn.exec_driver_sql(f"DROP INDEX {name}")
+                _checkpoint(conn)
+                changes.append(f"dropped index {index.name} on {table.name} (not used on SQLite)")
+            continue
         if _covered(index, unique, ordered):
             continue
         if index.name in names:

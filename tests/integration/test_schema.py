@@ -141,6 +141,40 @@ def test_unique_indexes_on_every_dialect(engine: Engine) -> None:
     assert frozenset({"rdns"}) in unique_keys(engine, "wblist_rdns")
 
 
+def test_session_log_search_indexes_only_where_iredadmin_searches(engine: Engine) -> None:
+    """iRedAdmin searches smtp_sessions on MySQL/PostgreSQL: every column is indexed
+    there, as by iRedAPD; on SQLite only time_num (the cleanup tool's key)."""
+    upgrade(engine, "iredapd")
+    indexed = {tuple(i["column_names"]) for i in sa.inspect(engine).get_indexes("smtp_sessions")}
+    every = {(c.name,) for c in schema.smtp_sessions.columns if c.name != "id"}
+    assert len(every) == 19
+    if engine.dialect.name == "sqlite":
+        assert indexed == {("time_num",)}
+    else:
+        assert indexed == every
+
+
+def test_sqlite_drops_the_session_search_indexes_of_an_earlier_version(tmp_path: Path) -> None:
+    eng = sa.create_engine(f"sqlite:///{tmp_path}/old.db", isolation_level="AUTOCOMMIT")
+    try:
+        upgrade(eng, "iredapd")
+        with eng.connect() as conn:  # what an earlier version of this daemon created
+            for col in ("sender", "recipient", "client_address"):
+                conn.exec_driver_sql(
+                    f"CREATE INDEX idx_smtp_sessions_{col} ON smtp_sessions ({col})"
+                )
+        changes = upgrade(eng, "iredapd")
+        assert sorted(changes) == [
+            f"dropped index idx_smtp_sessions_{col} on smtp_sessions (not used on SQLite)"
+            for col in ("client_address", "recipient", "sender")
+        ]
+        names = {i["name"] for i in sa.inspect(eng).get_indexes("smtp_sessions")}
+        assert names == {"idx_smtp_sessions_time_num"}
+        assert upgrade(eng, "iredapd") == []
+    finally:
+        eng.dispose()
+
+
 def test_column_types_per_dialect(engine: Engine) -> None:
     upgrade(engine, "iredapd")
     dialect = engine.dialect.name
