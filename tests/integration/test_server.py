@@ -6,6 +6,7 @@ import asyncio
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -221,3 +222,136 @@ async def test_shutdown_finishes_in_flight_requests(tmp_path: Path) -> None:
         assert await stop == 0
         with pytest.raises(OSError):
             await PolicyClient.connect(srv.host, srv.port)
+
+
+# ---------------------------------------------------------------------------
+# Answers without a task: only a request that waits gets one
+# ---------------------------------------------------------------------------
+
+
+class TaskCounter:
+    """Counts the connection tasks (``_Connection._serve``) the loop starts."""
+
+    def __init__(self) -> None:
+        self.serve = 0
+        self.loop = asyncio.get_running_loop()
+        self.previous = self.loop.get_task_factory()
+
+    def __enter__(self) -> TaskCounter:
+        def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kw: Any) -> asyncio.Task[Any]:
+            if getattr(coro, "__qualname__", "") == "_Connection._serve":
+                self.serve += 1
+            return asyncio.Task(coro, loop=loop, **kw)
+
+        self.loop.set_task_factory(factory)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.loop.set_task_factory(self.previous)
+
+
+def waiting_echo_plugin(directory: Path, *, task_free: bool) -> None:
+    """REJECT <sender>; waits (0.2 s) only for senders wait@..."""
+    write_plugin(
+        directory,
+        "custom_wecho",
+        f"""
+        class P(Plugin):
+            task_free = {task_free}
+            states = frozenset({{"RCPT"}})
+            async def check(self, ctx):
+                if ctx.request.sender.startswith("wait@"):
+                    await asyncio.sleep(0.2)
+                return "REJECT " + ctx.request.sender
+        """,
+    )
+
+
+async def test_pure_chain_answers_without_starting_a_task() -> None:
+    plugins = ["reject_null_sender", "reject_to_hostname"]
+    async with running_server(plugins=plugins) as srv:
+        c = await PolicyClient.connect(srv.host, srv.port)
+        with TaskCounter() as tasks:
+            for i in range(20):
+                assert await c.ask(rcpt(f"u{i}@example.com")) == "DUNNO"
+            await c.send(b"".join(encode(rcpt(f"p{i}@example.com")) for i in range(20)))
+            assert [await c.reply() for _ in range(20)] == ["DUNNO"] * 20
+            null = dict(RCPT_AUTH, sender="")
+            assert await c.ask(null) == "REJECT Policy rejection due to null sender"
+        assert tasks.serve == 0
+        assert srv.handler.requests == 41
+        await c.close()
+
+
+@pytest.mark.parametrize("task_free", [True, False])
+async def test_only_a_request_that_waits_gets_a_task(tmp_path: Path, task_free: bool) -> None:
+    waiting_echo_plugin(tmp_path, task_free=task_free)
+    async with running_server(PLUGIN_DIRS=[str(tmp_path)], plugins=["custom_wecho"]) as srv:
+        c = await PolicyClient.connect(srv.host, srv.port)
+        with TaskCounter() as tasks:
+            for s in ("a@example.com", "b@example.com"):
+                assert await c.ask(rcpt(s)) == f"REJECT {s}"
+            fast_answers = tasks.serve
+            # pipelined: answered at once, waited, queued behind the wait
+            senders = ["c@example.com", "wait@example.com", "d@example.com", "e@example.com"]
+            await c.send(b"".join(encode(rcpt(s)) for s in senders))
+            assert [await c.reply() for _ in senders] == [f"REJECT {s}" for s in senders]
+            assert await c.ask(rcpt("f@example.com")) == "REJECT f@example.com"
+        # a plugin without task_free moves into a task for every request
+        assert fast_answers == (0 if task_free else 2)
+        assert tasks.serve == (1 if task_free else 4)
+        await c.close()
+
+
+async def test_plugin_without_task_free_may_use_asyncio_timeout(tmp_path: Path) -> None:
+    """asyncio.timeout() needs a task: the chain gives such a plugin one."""
+    write_plugin(
+        tmp_path,
+        "custom_deadline",
+        """
+        class P(Plugin):
+            async def check(self, ctx):
+                async with asyncio.timeout(5):
+                    return "REJECT inside " + type(asyncio.current_task()).__name__
+        """,
+    )
+    async with running_server(PLUGIN_DIRS=[str(tmp_path)], plugins=["custom_deadline"]) as srv:
+        c = await PolicyClient.connect(srv.host, srv.port)
+        assert await c.ask(rcpt("a@example.com")) == "REJECT inside Task"
+        await c.close()
+
+
+async def test_deadlines_hold_for_a_task_free_plugin_that_waits(tmp_path: Path) -> None:
+    """Its own aio.timeout and the chain's plugin deadline both work when the
+    first wait starts outside a task."""
+    write_plugin(
+        tmp_path,
+        "custom_sleepy",
+        """
+        from iredapd import aio
+        class P(Plugin):
+            task_free = True
+            async def check(self, ctx):
+                if ctx.request.sender.startswith("own@"):
+                    try:
+                        async with aio.timeout(0.2):
+                            await asyncio.sleep(30)
+                    except TimeoutError:
+                        return "REJECT own deadline"
+                await asyncio.sleep(30)
+                return "REJECT never"
+        """,
+    )
+    async with running_server(
+        PLUGIN_DIRS=[str(tmp_path)],
+        plugins=["custom_sleepy"],
+        PLUGIN_TIMEOUTS={"custom_sleepy": 0.3},
+        PLUGIN_FAILURE_ACTIONS={"custom_sleepy": "DEFER_IF_PERMIT plugin late"},
+    ) as srv:
+        c = await PolicyClient.connect(srv.host, srv.port)
+        started = time.monotonic()
+        assert await c.ask(rcpt("own@example.com")) == "REJECT own deadline"
+        assert await c.ask(rcpt("x@example.com")) == "DEFER_IF_PERMIT plugin late"
+        assert time.monotonic() - started < 5.0
+        assert srv.handler.chain.stats()["custom_sleepy"].timeouts == 1
+        await c.close()

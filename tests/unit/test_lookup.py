@@ -343,3 +343,22 @@ def test_existing_api_unchanged() -> None:
     assert "203.0.113.5" in trusted
     assert "127.0.0.1" in trusted
     assert "198.51.100.1" not in trusted
+
+
+def test_trusted_networks_remember_answers_within_a_bound() -> None:
+    from iredapd import lookup
+
+    trusted = TrustedNetworks.from_entries(["10.0.0.0/8"])
+    for _ in range(2):  # the second round is answered from what was remembered
+        assert "10.1.2.3" in trusted
+        assert "192.0.2.1" not in trusted
+        assert "not an ip" not in trusted
+        assert 42 not in trusted
+    assert len(trusted._seen) == 3
+    for i in range(lookup._SEEN_MAX + 10):
+        assert f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}" in trusted
+    assert len(trusted._seen) <= lookup._SEEN_MAX
+    assert "10.1.2.3" in trusted and "192.0.2.1" not in trusted
+    # equality and repr ignore the remembered answers
+    assert trusted == TrustedNetworks.from_entries(["10.0.0.0/8"])
+    assert "_seen" not in repr(trusted)
