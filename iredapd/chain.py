@@ -49,6 +49,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+_NO_PLUGINS = Action("DUNNO No enabled plugins")
+
 # Module names plugins are imported under (not importable by their bare name,
 # so a plugin file cannot shadow a real package such as 'throttle').
 _MODULE_PREFIX = "iredapd.plugins."
@@ -289,34 +291,29 @@ class Chain:
         now: float | None = None,
     ) -> Decision:
         """Run the chain on one request and return the decision."""
+        if not self._entries:
+            # iRedAPD's answer when no plugin is enabled
+            return Decision(_NO_PLUGINS)
         self._inflight += 1
         try:
-            return await self._evaluate(request, trace=trace, dry_run=dry_run, now=now)
+            ctx = Context(
+                request=request,
+                settings=self.settings,
+                services=self.services,
+                now=self.services.clock() if now is None else now,
+                dry_run=dry_run,
+            )
+            decision = await self._walk(ctx, trace)
+            for callback in ctx.decided_callbacks:
+                try:
+                    callback(decision.action)
+                except Exception:  # a plugin's callback must not lose the reply
+                    log.exception("on_decision callback failed")
+            return decision
         finally:
             self._inflight -= 1
             if self._inflight == 0 and self._drained is not None:
                 self._drained.set()
-
-    async def _evaluate(
-        self, request: PolicyRequest, *, trace: bool, dry_run: bool, now: float | None
-    ) -> Decision:
-        if not self._entries:
-            # iRedAPD's answer when no plugin is enabled
-            return Decision(Action("DUNNO No enabled plugins"))
-        ctx = Context(
-            request=request,
-            settings=self.settings,
-            services=self.services,
-            now=self.services.clock() if now is None else now,
-            dry_run=dry_run,
-        )
-        decision = await self._walk(ctx, trace)
-        for callback in ctx.decided_callbacks:
-            try:
-                callback(decision.action)
-            except Exception:  # a plugin's callback must not lose the reply
-                log.exception("on_decision callback failed")
-        return decision
 
     async def _walk(self, ctx: Context, trace: bool) -> Decision:
         loop = asyncio.get_running_loop()

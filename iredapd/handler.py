@@ -58,6 +58,18 @@ def summary_line(r: PolicyRequest, action: Action, plugin: str, seconds: float) 
     )
 
 
+def _invalid_address(bad: tuple[str, str]) -> Decision:
+    """The one reply to a request whose sender/recipient/sasl_username is not an address.
+
+    iRedAPD sends this reply in the middle of the request and a second one at
+    its end; we send this one only and skip the chain.
+    """
+    name, value = bad
+    quoted = clean(value[:_MAX_QUOTED])
+    text = f"DUNNO Error: Invalid {name} address: {quoted}"
+    return Decision(Action(text[:MAX_ACTION_LENGTH]))
+
+
 class PolicyHandler:
     """Answers requests with the current chain (swapped on reload)."""
 
@@ -82,14 +94,8 @@ class PolicyHandler:
 
     async def decide(self, request: PolicyRequest, *, trace: bool = False) -> Decision:
         """The decision for a normalised request (no logging)."""
-        bad = request.invalid_address()
-        if bad is not None:
-            # iRedAPD sends this reply in the middle of the request and a second
-            # one at its end; we send this one only and skip the chain.
-            name, value = bad
-            quoted = clean(value[:_MAX_QUOTED])
-            text = f"DUNNO Error: Invalid {name} address: {quoted}"
-            return Decision(Action(text[:MAX_ACTION_LENGTH]))
+        if request.invalid is not None:
+            return _invalid_address(request.invalid)
         return await self.chain.evaluate(request, trace=trace)
 
     async def answer(self, raw: RawRequest) -> Action:
@@ -99,7 +105,10 @@ class PolicyHandler:
             return DUNNO  # iRedAPD's answer to an empty request
         started = self._clock()
         request = self.build_request(raw)
-        decision = await self.decide(request)
+        if request.invalid is not None:
+            decision = _invalid_address(request.invalid)
+        else:
+            decision = await self.chain.evaluate(request)
         services = self.chain.services
         if services.session_log is not None and should_log(
             self.chain.settings, request, decision.action

@@ -160,7 +160,8 @@ class PolicyParser:
             done.append(self._request(buf[start:end], end + 2 - start))
             start = end + 2
         rest = buf[start:]
-        self._check_partial(rest)
+        if rest:
+            self._check_partial(rest)
         self._buf = rest
         return done
 
@@ -189,7 +190,7 @@ class PolicyParser:
             raise ProtocolError(f"request larger than {self.max_request} bytes")
         if b"\0" in block:
             raise ProtocolError("NUL byte in an attribute line")
-        req = RawRequest(size=wire_size)
+        decode_errors = 0
         try:
             text = block.decode("utf-8")
         except UnicodeDecodeError:
@@ -199,7 +200,7 @@ class PolicyParser:
                     parts.append(raw.decode("utf-8"))
                 except UnicodeDecodeError:
                     parts.append(raw.decode("utf-8", errors="replace"))
-                    req.decode_errors += 1
+                    decode_errors += 1
             text = "\n".join(parts)
         # Split at the first '='; a duplicate name keeps its last value.
         # (A loop of str.partition is several times faster than a regex here.)
@@ -211,9 +212,8 @@ class PolicyParser:
                 attributes[name] = value
             else:
                 malformed += 1
-        req.malformed_lines = malformed
+        unknown: dict[str, str] = {}
         if not attributes.keys() <= ATTRIBUTES:
-            req.unknown = {k: v for k, v in attributes.items() if k not in ATTRIBUTES}
+            unknown = {k: v for k, v in attributes.items() if k not in ATTRIBUTES}
             attributes = {k: v for k, v in attributes.items() if k in ATTRIBUTES}
-        req.attributes = attributes
-        return req
+        return RawRequest(attributes, unknown, malformed, decode_errors, wire_size)
