@@ -46,6 +46,7 @@ Postfix
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
@@ -112,7 +113,7 @@ class LdapMaillistAccessPolicy(Plugin):
         # iRedAPD only tried the former, so list+tag@domain bypassed the policy).
         ml = None
         for address in dict.fromkeys((req.recipient, recipient)):
-            ml = await self._ask(ctx, ("list", address), lambda a=address: ldap.mail_list(a))
+            ml = await self._ask(ctx, ("list", address), functools.partial(ldap.mail_list, address))
             if ml is not None:
                 break
         if ml is None:

@@ -133,9 +133,13 @@ class WblistRdns(Plugin):
                 loose = [_loose(c) for c in candidates]
                 if None not in loose and names.isdisjoint(loose):
                     return {}
-        marks = await self._db().run(lambda conn: _marks(conn, candidates), idempotent=True)
-        self._answers.put(name, marks)
-        return marks
+
+        def query(conn: Connection) -> Marks:
+            return _marks(conn, candidates)
+
+        found = await self._db().run(query, idempotent=True)
+        self._answers.put(name, found)
+        return found
 
     async def check(self, ctx: Context) -> Action | None:
         """iRedAPD's table (access-policies.md §5): AUTH, unknown, trusted pass; W beats B."""
