@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import time
 from pathlib import Path
@@ -355,3 +356,67 @@ async def test_deadlines_hold_for_a_task_free_plugin_that_waits(tmp_path: Path) 
         assert time.monotonic() - started < 5.0
         assert srv.handler.chain.stats()["custom_sleepy"].timeouts == 1
         await c.close()
+
+
+async def test_peer_that_floods_requests_and_reads_no_reply_is_bounded_then_cut(
+    tmp_path: Path,
+) -> None:
+    """Answers come without a task, but not without limit: when the peer's
+    replies pile up, the server stops answering and reading (what it holds
+    stays bounded), other connections are served as usual, and the stalled
+    peer is cut after IDLE_TIMEOUT."""
+    import socket
+
+    from iredapd.server import MAX_QUEUED
+
+    write_plugin(
+        tmp_path,
+        "custom_long",
+        """
+        class P(Plugin):
+            task_free = True
+            async def check(self, ctx):
+                return "REJECT " + "x" * 440
+        """,
+    )
+    async with running_server(
+        PLUGIN_DIRS=[str(tmp_path)], plugins=["custom_long"], IDLE_TIMEOUT=1.0
+    ) as srv:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (srv.host, srv.port))
+        _, writer = await asyncio.open_connection(sock=sock)
+        # 20,000 requests (1.5 MB) asking for 9 MB of replies: more than the
+        # kernel's loopback buffers take, so the server's writes back up
+        sent = 20_000
+        one = encode(rcpt("flood@example.com"))
+        for _ in range(sent // 100):
+            writer.write(one * 100)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2 * TIMEOUT_SCALE):
+                await writer.drain()
+        (conn,) = srv.server.connections
+        for _ in range(int(200 * TIMEOUT_SCALE)):  # until the server backs off (10 s at most)
+            if conn._paused and conn._can_write is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert conn._paused, "the server kept reading from a peer that reads no reply"
+        assert conn.transport is not None
+        assert conn.transport.get_write_buffer_size() < 256 * 1024  # the high-water mark is 64 KiB
+        assert len(conn.queue) <= 2 * MAX_QUEUED + 4096  # the mark, plus one read past it
+        answered = srv.handler.requests
+        assert answered < sent
+
+        other = await PolicyClient.connect(srv.host, srv.port)
+        assert await other.ask(rcpt("other@example.com")) == "REJECT " + "x" * 440
+        await other.close()
+
+        # the stalled peer is cut once its replies have not moved for IDLE_TIMEOUT
+        for _ in range(int(200 * TIMEOUT_SCALE)):  # 10 s at most
+            if conn not in srv.server.connections:
+                break
+            await asyncio.sleep(0.05)
+        assert conn not in srv.server.connections
+        assert srv.handler.requests - answered <= MAX_QUEUED + 1  # nothing more was read
+        writer.close()
