@@ -22,7 +22,7 @@ import types
 from collections.abc import Coroutine, Generator
 from typing import Any
 
-__all__ = ["Resume", "step", "timeout", "timeout_at", "to_task", "within"]
+__all__ = ["Resume", "resume_until", "step", "timeout", "timeout_at", "to_task", "within"]
 
 _current_task = asyncio.current_task
 
@@ -104,14 +104,21 @@ async def within(coro: Coroutine[Any, Any, Any], budget: float) -> Any:
     such plugins.  Only one that waits gets the deadline, counted from its
     start.
     """
-    loop = asyncio.get_running_loop()
-    started = loop.time()
+    deadline = asyncio.get_running_loop().time() + budget
     done, first = step(coro)
     if done:
         return first
+    return await resume_until(coro, first, deadline)
+
+
+async def resume_until(coro: Coroutine[Any, Any, Any], first: Any, deadline: float) -> Any:
+    """Finish ``coro`` (stepped once, it yielded ``first``) by loop time ``deadline``.
+
+    TimeoutError after that.  Moves into a task first if need be.
+    """
     if _current_task() is None:
         await _bare_yield()
-    async with asyncio.timeout_at(started + budget):
+    async with asyncio.timeout_at(deadline):
         return await Resume(coro, first)
 
 

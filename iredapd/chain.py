@@ -21,7 +21,7 @@ import inspect
 import logging
 import sys
 import time
-from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -29,7 +29,7 @@ from typing import Any
 
 import iredapd
 from iredapd.actions import DUNNO, Action, InvalidAction
-from iredapd.aio import Resume, to_task
+from iredapd.aio import resume_until, to_task
 from iredapd.config import Settings
 from iredapd.plugin import REQUIREMENTS, Context, Plugin
 from iredapd.ratelimit import RateLimitedLog
@@ -356,7 +356,9 @@ class Chain:
                 except StopIteration as stop:
                     result = stop.value
                 else:
-                    result = await _finish(coro, result, started, min(e.timeout, remaining))
+                    # the budget counts from the plugin's start
+                    budget = min(e.timeout, remaining) - _since(started)
+                    result = await resume_until(coro, result, loop.time() + budget)
                 action = _as_action(result)
             except TimeoutError:
                 action = self._late(e, min(e.timeout, remaining))
@@ -414,17 +416,6 @@ class Chain:
 
 def _since(started: float) -> float:
     return time.perf_counter() - started
-
-
-async def _finish(
-    coro: Coroutine[Any, Any, Any], yielded: Any, started: float, budget: float
-) -> Any:
-    """The rest of a plugin call that waits, within ``budget`` s of ``started``."""
-    await to_task()
-    loop = asyncio.get_running_loop()
-    when = loop.time() + budget - (time.perf_counter() - started)
-    async with asyncio.timeout_at(when):
-        return await Resume(coro, yielded)
 
 
 def _as_action(result: object) -> Action | None:

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import socket
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from iredapd.server import MAX_QUEUED
 from tests.conftest import TIMEOUT_SCALE
 from tests.support.daemon import PolicyClient, running_server
 from tests.support.plugins import write_plugin
@@ -36,6 +39,15 @@ def echo_plugin(directory: Path) -> None:
                 return "REJECT " + (ctx.request.sender or "null")
         """,
     )
+
+
+async def eventually(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
+    """Poll ``condition`` every 50 ms for up to ``seconds`` (scaled); its last value."""
+    for _ in range(int(seconds * 20 * TIMEOUT_SCALE)):
+        if condition():
+            return True
+        await asyncio.sleep(0.05)
+    return condition()
 
 
 def rcpt(sender: str) -> dict[str, str]:
@@ -374,10 +386,6 @@ async def test_peer_that_floods_requests_and_reads_no_reply_is_bounded_then_cut(
     replies pile up, the server stops answering and reading (what it holds
     stays bounded), other connections are served as usual, and the stalled
     peer is cut after IDLE_TIMEOUT."""
-    import socket
-
-    from iredapd.server import MAX_QUEUED
-
     write_plugin(
         tmp_path,
         "custom_long",
@@ -406,11 +414,8 @@ async def test_peer_that_floods_requests_and_reads_no_reply_is_bounded_then_cut(
             async with asyncio.timeout(2 * TIMEOUT_SCALE):
                 await writer.drain()
         (conn,) = srv.server.connections
-        for _ in range(int(200 * TIMEOUT_SCALE)):  # until the server backs off (10 s at most)
-            if conn._paused and conn._can_write is not None:
-                break
-            await asyncio.sleep(0.05)
-        assert conn._paused, "the server kept reading from a peer that reads no reply"
+        backed_off = await eventually(lambda: conn._paused and conn._can_write is not None)
+        assert backed_off, "the server kept reading from a peer that reads no reply"
         assert conn.transport is not None
         assert conn.transport.get_write_buffer_size() < 256 * 1024  # the high-water mark is 64 KiB
         assert len(conn.queue) <= 2 * MAX_QUEUED + 4096  # the mark, plus one read past it
@@ -422,10 +427,6 @@ async def test_peer_that_floods_requests_and_reads_no_reply_is_bounded_then_cut(
         await other.close()
 
         # the stalled peer is cut once its replies have not moved for IDLE_TIMEOUT
-        for _ in range(int(200 * TIMEOUT_SCALE)):  # 10 s at most
-            if conn not in srv.server.connections:
-                break
-            await asyncio.sleep(0.05)
-        assert conn not in srv.server.connections
+        assert await eventually(lambda: conn not in srv.server.connections)
         assert srv.handler.requests - answered <= MAX_QUEUED + 1  # nothing more was read
         writer.close()
